@@ -127,10 +127,15 @@ def _current_mesh() -> Mesh | None:
 
 
 def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
-    """NamedSharding for every variable of an NNX state from its `sharding_names`."""
+    """NamedSharding for every variable of an NNX state from its logical names.
+
+    Variables carry their logical axis names as `out_sharding` metadata, created
+    with `eager_sharding=False` so that Flax keeps them as names (resolved here,
+    through LOGICAL_RULES) instead of needing a mesh at construction.
+    """
     def one(var):
-        names = var.get_metadata().get("sharding_names") if hasattr(var, "get_metadata") else None
-        return named_sharding(mesh, names, var.value.shape)
+        names = var.get_metadata().get("out_sharding") if hasattr(var, "get_metadata") else None
+        return named_sharding(mesh, names, var.get_value().shape)
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
