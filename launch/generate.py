@@ -1,0 +1,50 @@
+"""Generate text with a merg-jax model.
+
+    python launch/generate.py --model=PATH --prompt=TEXT [--chat] [--max_new_tokens=N]
+        [--temperature=T] [--top_p=P] [--top_k=K] [--seed=S] [--stop=STR ...]
+
+PATH: a local HF directory, a .gguf file, or a training workdir.  Greedy when
+the temperature is 0 (the default).  stdout carries only the generated
+continuation; logs go to stderr.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("model", None, "HF directory, .gguf file or training workdir.", required=True)
+flags.DEFINE_string("prompt", None, "Prompt text.", required=True)
+flags.DEFINE_bool("chat", False, "Wrap the prompt as one user message with the chat template.")
+flags.DEFINE_integer("max_new_tokens", 128, "Maximum number of generated tokens.")
+flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 is greedy.")
+flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
+flags.DEFINE_integer("top_k", 0, "Top-k sampling; 0 disables it.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_multi_string("stop", [], "Stop string (repeatable).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from merg_jax.generation import Generator, SamplingConfig
+    from merg_jax.loading import load_model
+
+    sampling = SamplingConfig(max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
+                              top_p=FLAGS.top_p, top_k=FLAGS.top_k, seed=FLAGS.seed,
+                              stop_strings=tuple(FLAGS.stop))
+    model, tokenizer = load_model(FLAGS.model, dtype=FLAGS.dtype)
+    result = Generator(model, tokenizer).generate([FLAGS.prompt], sampling, chat=FLAGS.chat)
+    logging.info("prefill %.2fs, %d new tokens in %.2fs", result.prefill_s, result.new_tokens, result.decode_s)
+    sys.stdout.write(result.texts[0] + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    app.run(main)
