@@ -108,8 +108,9 @@ def load_hf(directory: str, *, lora: LoraConfig | None = None, mesh=None, **over
     """Loads an HF directory (config.json + safetensors, single or sharded)."""
     cfg = LlamaConfig.from_hf(read_config(directory), **overrides)
     tensors = TensorDirectory(directory)
+    where = lambda name: tensors.file_of(name) if name in tensors else ", ".join(tensors.files)  # noqa: E731
     log.info("loading %s (%s, %d layers) from %s", cfg.model_type, cfg.param_dtype, cfg.num_layers, directory)
-    return build_model(cfg, tensors, lora=lora, mesh=mesh, where=tensors.file_of)
+    return build_model(cfg, tensors, lora=lora, mesh=mesh, where=where)
 
 
 def merged_kernel(module) -> jax.Array:

@@ -37,6 +37,11 @@ class SafetensorsFile:
         self.metadata = header.pop("__metadata__", {}) or {}
         self._entries = header
         self._offset = 8 + n
+        data_end = max((e["data_offsets"][1] for e in header.values()), default=0)
+        size = os.path.getsize(path)
+        if size < self._offset + data_end:  # otherwise numpy fails later without naming the file
+            raise ValueError(f"{path}: truncated safetensors file ({size} bytes, the header needs "
+                             f"{self._offset + data_end})")
 
     def keys(self) -> list[str]:
         return list(self._entries)
@@ -58,6 +63,8 @@ class SafetensorsFile:
         shape = tuple(e["shape"])
         if (end - start) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
             raise ValueError(f"{self.path}: tensor {name!r} byte size does not match shape {shape}")
+        if self._offset + end > os.path.getsize(self.path):
+            raise ValueError(f"{self.path}: tensor {name!r} runs past the end of the file (truncated?)")
         return np.memmap(self.path, dtype=dtype, mode="r", offset=self._offset + start, shape=shape)
 
 
@@ -86,12 +93,21 @@ class TensorDirectory(Mapping[str, np.ndarray]):
             weight_map = {k: files[0] for k in self._files[files[0]].keys()}
         self._where = weight_map
 
+    @property
+    def files(self) -> list[str]:
+        return [os.path.join(self.directory, f) for f in self._files]
+
     def file_of(self, name: str) -> str:
-        return os.path.join(self.directory, self._where[name])
+        """The file holding `name`, or for an absent tensor where it was looked for (for messages)."""
+        if name in self._where:
+            return os.path.join(self.directory, self._where[name])
+        if len(self._files) == 1:
+            return os.path.join(self.directory, next(iter(self._files)))
+        return f"the checkpoint in {self.directory} (model.safetensors.index.json)"
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._where:
-            raise KeyError(f"tensor {name!r} is missing from the checkpoint in {self.directory}")
+            raise KeyError(f"tensor {name!r} is missing from {', '.join(self.files)}")
         return self._files[self._where[name]][name]
 
     def __iter__(self) -> Iterator[str]:

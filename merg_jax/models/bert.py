@@ -17,10 +17,10 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from merg_jax.convert.safetensors_io import TensorDirectory
 from merg_jax.sharding import constrain
 
 log = logging.getLogger(__name__)
@@ -313,69 +313,6 @@ def make_sentence_encoder(model: BertModel, pooling: str = "mean", normalize: bo
 # Loading a local HF checkpoint
 # ----------------------------------------------------------------------------
 
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-              "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-              "BOOL": np.bool_}
-
-
-class _SafetensorsFile:
-    """Minimal safetensors reader over a memory map (handles BF16, which numpy lacks)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        try:
-            with open(path, "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(n))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-        header.pop("__metadata__", None)
-        self.header: dict[str, dict] = header
-        self._start = 8 + n
-        self._mm = np.memmap(path, dtype=np.uint8, mode="r")
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.header[name]["shape"])
-
-    def get(self, name: str) -> np.ndarray:
-        info = self.header[name]
-        if info["dtype"] not in _ST_DTYPES:
-            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        lo, hi = info["data_offsets"]
-        if self._start + hi > self._mm.size:
-            raise ValueError(f"{self.path}: tensor {name!r} runs past the end of the file (truncated?)")
-        raw = self._mm[self._start + lo:self._start + hi]
-        return raw.view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
-
-
-def _open_weights(path: str) -> dict[str, _SafetensorsFile]:
-    """Tensor name -> the file holding it, for a single or an index-sharded checkpoint."""
-    single = os.path.join(path, "model.safetensors")
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(single):
-        f = _SafetensorsFile(single)
-        return {k: f for k in f.header}
-    if os.path.exists(index):
-        with open(index) as fh:
-            weight_map: dict[str, str] = json.load(fh).get("weight_map", {})
-        files: dict[str, _SafetensorsFile] = {}
-        out = {}
-        for name, shard in weight_map.items():
-            if shard not in files:
-                shard_path = os.path.join(path, shard)
-                if not os.path.exists(shard_path):
-                    raise FileNotFoundError(f"{shard_path} (named by {index} for tensor {name!r}) "
-                                            "does not exist")
-                files[shard] = _SafetensorsFile(shard_path)
-            if name not in files[shard].header:
-                raise KeyError(f"tensor {name!r} is listed in {index} but missing from "
-                               f"{files[shard].path}")
-            out[name] = files[shard]
-        return out
-    raise FileNotFoundError(f"no weights in {path}: expected model.safetensors or "
-                            "model.safetensors.index.json (only safetensors checkpoints are read)")
-
-
 def _hf_names(cfg: BertConfig) -> dict[tuple[str, str], tuple[list[str], bool]]:
     """(module, param) -> (HF tensor names, one per layer for stacked params; transposed?)."""
     L = range(cfg.num_layers)
@@ -432,7 +369,7 @@ def load_bert_model(path: str, dtype=jnp.float32, param_dtype=jnp.float32,
     """A `BertModel` with the weights of a local HF BERT/RoBERTa directory (no downloads)."""
     path = os.path.abspath(os.path.expanduser(path))
     cfg = read_config(path)
-    weights = _open_weights(path)
+    weights = TensorDirectory(path)
     prefix = _find_prefix(list(weights), path)
     add_pooler = prefix + "pooler.dense.weight" in weights
     model = nnx.eval_shape(lambda: BertModel(cfg, dtype=dtype, param_dtype=param_dtype,
@@ -451,13 +388,12 @@ def load_bert_model(path: str, dtype=jnp.float32, param_dtype=jnp.float32,
             if full not in weights and prefix + _legacy_name(name) in weights:
                 full = prefix + _legacy_name(name)
             if full not in weights:
-                files = sorted({f.path for f in weights.values()})
-                raise KeyError(f"tensor {full!r} is missing from {', '.join(files)}")
-            f = weights[full]
-            if f.shape(full) != expected:
-                raise ValueError(f"tensor {full!r} in {f.path} has shape {f.shape(full)}, expected "
-                                 f"{expected} from {os.path.join(path, 'config.json')}")
-            arr = np.asarray(f.get(full), dtype=np.float32)
+                raise KeyError(f"tensor {full!r} is missing from {', '.join(weights.files)}")
+            arr = weights[full]
+            if tuple(arr.shape) != expected:
+                raise ValueError(f"tensor {full!r} in {weights.file_of(full)} has shape {tuple(arr.shape)}, "
+                                 f"expected {expected} from {os.path.join(path, 'config.json')}")
+            arr = np.asarray(arr, dtype=np.float32)
             arrays.append(arr.T if transpose else arr)
         value = np.stack(arrays) if module == "encoder" else arrays[0]
         var.set_value(jnp.asarray(value, dtype=param_dtype))
