@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from merg_jax.models.llama import CausalLM, KVCache
+from merg_jax.models.llama import CausalLM, KVCache, unstack_layers
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,12 @@ def _round_up(n: int, m: int) -> int:
 class Generator:
     """Batched text generation for a CausalLM with its tokenizer."""
 
-    def __init__(self, model: CausalLM, tokenizer, *, chunk: int = 64, pad_multiple: int = 16):
+    def __init__(self, model: CausalLM, tokenizer, *, chunk: int = 64, pad_multiple: int = 16,
+                 unstack: bool = True):
+        """`unstack`: decode with a per-layer copy of the layer weights (no per-step
+        slice copies inside the layer scan; costs one extra copy of the weights)."""
         self.graphdef, self.state = nnx.split(model)
+        self.layers = unstack_layers(model) if unstack else None
         self.config = model.config
         self.tokenizer = tokenizer
         self.chunk = chunk
@@ -90,14 +94,14 @@ class Generator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     # -- compiled pieces ---------------------------------------------------
-    @functools.partial(jax.jit, static_argnums=(0, 6, 7, 8))
-    def _prefill(self, state, ids, mask, cache, key, temperature, top_k, top_p):
+    @functools.partial(jax.jit, static_argnums=(0, 7, 8, 9))
+    def _prefill(self, state, layers, ids, mask, cache, key, temperature, top_k, top_p):
         model = nnx.merge(self.graphdef, state)
-        out = model(ids, attention_mask=mask, cache=cache, logits="last")
+        out = model(ids, attention_mask=mask, cache=cache, logits="last", layers=layers)
         return sample_logits(out.logits[:, -1], key, temperature, top_k, top_p), out.cache
 
-    @functools.partial(jax.jit, static_argnums=(0, 9, 10, 11), donate_argnums=(2, 3, 4))
-    def _decode(self, state, cache, buf, done, step, limit, key, eos, temperature, top_k, top_p):
+    @functools.partial(jax.jit, static_argnums=(0, 10, 11, 12), donate_argnums=(3, 4, 5))
+    def _decode(self, state, layers, cache, buf, done, step, limit, key, eos, temperature, top_k, top_p):
         model = nnx.merge(self.graphdef, state)
 
         def cond(c):
@@ -107,7 +111,7 @@ class Generator:
         def body(c):
             cache, buf, done, step = c
             prev = jax.lax.dynamic_index_in_dim(buf, step - 1, axis=1, keepdims=True)
-            out = model(prev, cache=cache, logits="last")
+            out = model(prev, cache=cache, logits="last", layers=layers)
             nxt = sample_logits(out.logits[:, -1], jax.random.fold_in(key, step), temperature, top_k, top_p)
             nxt = jnp.where(done, self.pad_id, nxt)
             buf = jax.lax.dynamic_update_index_in_dim(buf, nxt[:, None], step, axis=1)
@@ -162,7 +166,7 @@ class Generator:
         eos = jnp.asarray(self._eos_ids(cfg), jnp.int32)
 
         t0 = time.perf_counter()
-        first, cache = self._prefill(self.state, jnp.asarray(ids), jnp.asarray(mask), cache,
+        first, cache = self._prefill(self.state, self.layers, jnp.asarray(ids), jnp.asarray(mask), cache,
                                      jax.random.fold_in(key, 0), *sampling)
         first = jax.block_until_ready(first)
         t1 = time.perf_counter()
@@ -173,7 +177,8 @@ class Generator:
         while True:
             chunk_end = cfg.max_new_tokens if not cfg.stop_strings else int(step) + self.chunk
             limit = jnp.asarray(min(chunk_end, cfg.max_new_tokens), jnp.int32)
-            cache, buf, done, step = self._decode(self.state, cache, buf, done, step, limit, key, eos, *sampling)
+            cache, buf, done, step = self._decode(self.state, self.layers, cache, buf, done, step, limit, key, eos,
+                                                  *sampling)
             if int(step) >= cfg.max_new_tokens or bool(jnp.all(done)):
                 break
             # stop strings: mark rows whose text already contains one as finished

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -312,13 +312,16 @@ class CausalLM(nnx.Module):
     def __call__(self, input_ids: jax.Array | None = None, *, inputs_embeds: jax.Array | None = None,
                  attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
                  cache: KVCache | None = None, dropout_key: jax.Array | None = None,
-                 logits: str = "all") -> ModelOutput:
+                 logits: str = "all", layers: Sequence[nnx.State] | None = None) -> ModelOutput:
         """Runs the decoder.
 
         Either `input_ids` [B, S] or `inputs_embeds` [B, S, E] (soft prompts
         already spliced in).  `attention_mask` [B, S] marks real tokens;
         `positions` [B, S] default to the running count of real tokens, which
         is what HF uses for left-padded batches.  `logits`: "all", "last" or "none".
+        `layers`: per-layer states from `unstack_layers`; when given, layers run
+        in a Python loop instead of the scan.  Decoding uses this: inside a scan
+        every step would copy each layer's weight slice before its matmul.
         """
         cfg = self.config
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.jnp_dtype)
@@ -356,7 +359,15 @@ class CausalLM(nnx.Module):
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
         elif cfg.remat == "dots":
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-        x, new_kv = jax.lax.scan(body, x, (layer_state, kv, layer_keys), unroll=cfg.scan_unroll)
+        if layers is None:
+            x, new_kv = jax.lax.scan(body, x, (layer_state, kv, layer_keys), unroll=cfg.scan_unroll)
+        else:
+            new_kv = kv
+            for i, state in enumerate(layers):
+                key = None if layer_keys is None else layer_keys[i]
+                x, layer_kv = body(x, (state, None if kv is None else (kv[0][i], kv[1][i]), key))
+                if kv is not None:
+                    new_kv = (new_kv[0].at[i].set(layer_kv[0]), new_kv[1].at[i].set(layer_kv[1]))
 
         new_cache = None
         if cache is not None:
@@ -372,3 +383,9 @@ class CausalLM(nnx.Module):
                 out_logits = self.lm_head(h).astype(jnp.float32)
             out_logits = constrain(out_logits, ("batch", "length", "vocab"))
         return ModelOutput(out_logits, x, new_cache)
+
+
+def unstack_layers(model: CausalLM) -> list[nnx.State]:
+    """The stacked layer state split into one state per layer (for `layers=`)."""
+    _, state = nnx.split(model.layers)
+    return [jax.tree.map(lambda a, i=i: a[i], state) for i in range(model.config.num_layers)]
