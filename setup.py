@@ -24,6 +24,9 @@ RUNTIME = [
     "soundfile>=0.12",
     # OpenCV 5 moved the Haar cascades and HOG out of the main module.
     "opencv-python-headless>=4.9,<5",
+    "av>=12",  # decodes MELD's mp4 audio tracks (librosa has no ffmpeg backend here)
+    "scipy>=1.11",
+    "scikit-image>=0.22",  # the synthetic corpus renders faces on skimage's sample photo
 ]
 
 TEST = [
@@ -34,7 +37,6 @@ TEST = [
     "torch==2.13.0",
     "peft>=0.15",
     "scikit-learn>=1.4",
-    "scikit-image>=0.22",
     "vaderSentiment>=3.3.2",
 ]
 

@@ -112,6 +112,11 @@ class DialogueExample:
     listener_profile: Optional[Profile] = None
     topic: str = ""
     sentiment: str = ""  # MELD only
+    # Who says the response ("listener" in AvaMERG, the next character in MELD) and
+    # its own clips when the data has them (generation targets); "" / None otherwise.
+    response_role: str = ""
+    response_audio_path: Optional[str] = None
+    response_video_path: Optional[str] = None
 
     @property
     def example_id(self) -> str:

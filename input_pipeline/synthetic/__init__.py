@@ -1,0 +1,1 @@
+"""Synthetic AvaMERG-format corpus with emotion carried by voice and face (see corpus.py)."""
