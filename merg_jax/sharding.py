@@ -143,7 +143,10 @@ def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
     """Places a model's variables on the mesh according to their logical names."""
     state = nnx.state(model)
     shardings = state_shardings(state, mesh)
-    nnx.update(model, jax.tree.map(lambda v, s: jax.device_put(v, s), state, shardings))
+    # `shardings` has a NamedSharding where `state` has a whole Variable, so it leads the map.
+    placed = jax.tree.map(lambda s, v: v.replace(value=jax.device_put(v.get_value(), s)), shardings, state,
+                          is_leaf=lambda x: isinstance(x, nnx.Variable))
+    nnx.update(model, placed)
     return model
 
 

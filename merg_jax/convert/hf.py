@@ -87,9 +87,9 @@ def build_model(cfg: LlamaConfig, tensors: Mapping[str, np.ndarray], *, lora: Lo
         lora_state = {p: v for p, v in lora_state}
     flat = []
     for path, var in nnx.to_flat_state(abstract):
-        shape, dtype = var.value.shape, var.value.dtype
+        shape, dtype = var.get_value().shape, var.get_value().dtype
         if isinstance(var, LoRAParam):
-            value = lora_state[path].value
+            value = lora_state[path].get_value()
             if mesh is not None:
                 value = jax.device_put(value, named_sharding(mesh, var.get_metadata()["out_sharding"], shape))
         else:
@@ -127,7 +127,7 @@ def hf_state_dict(model: CausalLM, dtype=np.float32) -> dict[str, np.ndarray]:
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         if isinstance(var, LoRAParam):
             continue
-        value = var.value
+        value = var.get_value()
         if path[-1] == "kernel":
             module = model
             for p in path[:-1]:

@@ -102,6 +102,10 @@ class LlamaConfig:
             scaling = None if scaling.get("rope_type") == "default" else tuple(sorted(scaling.items()))
         eos = hf.get("eos_token_id")
         sliding = hf.get("sliding_window") if hf.get("use_sliding_window", model_type == "mistral") else None
+        if sliding and model_type in ("qwen2", "qwen3") and hf.get("max_window_layers", 0) < hf["num_hidden_layers"]:
+            raise ValueError(f"{model_type} with use_sliding_window=True windows only layers >= max_window_layers="
+                             f"{hf.get('max_window_layers')}; per-layer windows are not supported "
+                             "(set use_sliding_window=false, as released Qwen checkpoints do)")
         kw = dict(
             vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
             intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
