@@ -1,7 +1,7 @@
 # Two commands on a fresh machine with Python 3.11:
 #   make demo   - installs everything into .venv, then runs the main job
 #   make test   - installs everything into .venv, then runs the test suite
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -1,0 +1,140 @@
+"""Record layout and shard I/O of the feature extractor (input_pipeline/extract.py).
+
+One record = one example (one response turn), `records.encode`d:
+
+  example_id, dataset, split, conversation_id, turn_id: str
+  history_roles, history_texts: [str] (U items), history_indices: [int]
+  response, response_role, emotion, emotion_coarse, topic, sentiment: str
+  label: int  (AVAMERG_COARSE index; MELD_EMOTIONS index for MELD; -1 = no emotion)
+  chain_of_empathy: {speaker_emotion, event_scenario, emotion_cause, goal_to_response} | {}
+  speaker_profile, listener_profile: {id, age, gender, timbre} | {}
+  features: {"audio": f32[U, Da], "video": f32[U, Dv], "text": f32[U, Dt],
+             "<modality>_<name>": extra outputs of an extractor, e.g. audio_frames f32[U, L, F]}
+  feature_mask: {"audio"|"video"|"text": bool[U]}  (False: row is zeros, input was bad)
+
+Shards are written to a temporary name and renamed, so a shard file that
+exists is complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from input_pipeline import records, schema
+
+FeatureSpec = dict[str, tuple[tuple[int, ...], str]]
+
+
+def label_of(ex: schema.DialogueExample) -> int:
+    """Class id: MELD_EMOTIONS index for MELD, AVAMERG_COARSE index otherwise; -1 when the
+    example has no emotion (AvaMERG test.json has no chain of empathy)."""
+    names = schema.MELD_EMOTIONS if ex.dataset == "meld" else schema.AVAMERG_COARSE
+    key = ex.emotion.strip().lower() if ex.dataset == "meld" else ex.emotion_coarse
+    return names.index(key) if key in names else -1
+
+
+def _profile(p: Optional[schema.Profile]) -> dict:
+    return {} if p is None else {"id": p.id, "age": p.age, "gender": p.gender, "timbre": p.timbre}
+
+
+def build_record(ex: schema.DialogueExample, specs: dict[str, FeatureSpec],
+                 lookup: Callable[[str, schema.Utterance], Optional[dict]]) -> dict:
+    """One example -> its record; `lookup(modality, utterance)` gives the utterance's
+    features (extractor output dict) or None when that modality is masked."""
+    coe = ex.chain_of_empathy
+    rec: dict[str, Any] = {
+        "example_id": ex.example_id, "dataset": ex.dataset, "split": ex.split,
+        "conversation_id": ex.conversation_id, "turn_id": ex.turn_id,
+        "history_roles": [u.role for u in ex.history],
+        "history_texts": [u.text for u in ex.history],
+        "history_indices": [int(u.index) for u in ex.history],
+        "response": ex.response, "response_role": ex.response_role,
+        "emotion": ex.emotion, "emotion_coarse": ex.emotion_coarse, "label": label_of(ex),
+        "chain_of_empathy": dataclasses.asdict(coe) if coe is not None else {},
+        "topic": ex.topic, "sentiment": ex.sentiment,
+        "speaker_profile": _profile(ex.speaker_profile),
+        "listener_profile": _profile(ex.listener_profile),
+    }
+    n = len(ex.history)
+    features, masks = {}, {}
+    for modality, spec in specs.items():
+        names = list(spec)
+        arrays = {k: np.zeros((n,) + tuple(spec[k][0]), np.dtype(spec[k][1])) for k in names}
+        mask = np.zeros((n,), bool)
+        for row, u in enumerate(ex.history):
+            got = lookup(modality, u)
+            if got is not None:
+                mask[row] = True
+                for k in names:
+                    arrays[k][row] = got[k]
+        features[modality] = arrays[names[0]]  # the main per-utterance vector
+        for k in names[1:]:
+            features[f"{modality}_{k}"] = arrays[k]
+        masks[modality] = mask
+    rec["features"], rec["feature_mask"] = features, masks
+    return rec
+
+
+def record_feature_spec(specs: dict[str, FeatureSpec]) -> dict:
+    """Record feature key -> {"shape": ["U", ...], "dtype"} for the manifest."""
+    out = {}
+    for m, spec in specs.items():
+        for i, (k, (shape, dtype)) in enumerate(spec.items()):
+            out[m if i == 0 else f"{m}_{k}"] = {"shape": ["U"] + list(shape), "dtype": dtype}
+    return out
+
+
+def plan_shards(split: str, n: int, per_shard: int) -> list[tuple[str, int, int]]:
+    """(file name, first, end) per shard; example order is the reader's."""
+    num = max(1, math.ceil(n / max(1, per_shard)))
+    bounds = np.linspace(0, n, num + 1).round().astype(int)
+    return [(f"{split}-{i:05d}-of-{num:05d}.array_record", int(bounds[i]), int(bounds[i + 1]))
+            for i in range(num)]
+
+
+def write_shard(path: str, payloads: list[bytes]) -> None:
+    from array_record.python.array_record_module import ArrayRecordWriter
+    tmp = f"{path}.tmp-{os.getpid()}"
+    writer = ArrayRecordWriter(tmp, "group_size:1")
+    for data in payloads:
+        writer.write(data)
+    writer.close()
+    os.replace(tmp, path)  # atomic: a shard file either is complete or does not exist
+
+
+def shard_record_count(path: str) -> int:
+    """Records in a finished shard, -1 when it is missing or unreadable."""
+    from array_record.python.array_record_module import ArrayRecordReader
+    if not os.path.exists(path):
+        return -1
+    try:
+        reader = ArrayRecordReader(path)
+        n = reader.num_records()
+        reader.close()
+        return int(n)
+    except Exception:  # truncated or foreign file: it gets rewritten
+        return -1
+
+
+def read_records(output_dir: str, split: str) -> list[dict]:
+    """All decoded records of a split, shard by shard in order (tests, inspection)."""
+    from array_record.python.array_record_module import ArrayRecordReader
+    out = []
+    for name in sorted(os.listdir(output_dir)):
+        if name.startswith(f"{split}-") and name.endswith(".array_record"):
+            reader = ArrayRecordReader(os.path.join(output_dir, name))
+            out.extend(records.decode(b) for b in reader.read_all())
+            reader.close()
+    return out
+
+
+def atomic_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, default=str)
+    os.replace(tmp, path)
