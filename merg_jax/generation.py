@@ -160,7 +160,8 @@ class Generator:
         for i, x in enumerate(prompt_ids):  # left padding
             ids[i, p - len(x):] = x
             mask[i, p - len(x):] = 1
-        cache = KVCache.init(self.config, b, _round_up(p + cfg.max_new_tokens, self.pad_multiple))
+        cache = KVCache.init(self.config, b, _round_up(p + cfg.max_new_tokens, self.pad_multiple),
+                             per_layer=self.layers is not None)
         key = jax.random.PRNGKey(cfg.seed)
         sampling = (float(cfg.temperature), int(cfg.top_k), float(cfg.top_p))
         eos = jnp.asarray(self._eos_ids(cfg), jnp.int32)

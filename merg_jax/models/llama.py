@@ -272,23 +272,29 @@ class KVCache:
     `next_pos` is each row's next RoPE position, so left-padded rows keep
     HF-compatible positions.
     """
-    k: jax.Array  # [L, B, T, kv_heads, D]
-    v: jax.Array
+    k: jax.Array | tuple[jax.Array, ...]  # [L, B, T, kv_heads, D], or L arrays [B, T, kv_heads, D]
+    v: jax.Array | tuple[jax.Array, ...]
     mask: jax.Array  # [B, T] int32, 1 where a real token was written
     index: jax.Array  # [] int32, next slot to write
     next_pos: jax.Array  # [B] int32
 
     @classmethod
-    def init(cls, cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
-        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_head)
+    def init(cls, cfg: LlamaConfig, batch: int, max_len: int, dtype=None, per_layer: bool = False) -> "KVCache":
+        """`per_layer`: one array per layer, for the unrolled decode path (updated in place)."""
+        shape = (batch, max_len, cfg.num_kv_heads, cfg.dim_head)
         dtype = dtype or cfg.jnp_dtype
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+        if per_layer:
+            k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+            v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        else:
+            k = v = jnp.zeros((cfg.num_layers, *shape), dtype)
+        return cls(k=k, v=v,
                    mask=jnp.zeros((batch, max_len), jnp.int32), index=jnp.zeros((), jnp.int32),
                    next_pos=jnp.zeros((batch,), jnp.int32))
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[1] if isinstance(self.k, tuple) else self.k.shape[2]
 
 
 class ModelOutput(NamedTuple):
@@ -364,14 +370,21 @@ class CausalLM(nnx.Module):
         elif cfg.remat == "dots":
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         if layers is None:
+            if kv is not None and isinstance(kv[0], tuple):
+                raise ValueError("a per-layer KV cache needs `layers=` (unstack_layers); "
+                                 "use KVCache.init(..., per_layer=False) for the scanned stack")
             x, new_kv = jax.lax.scan(body, x, (layer_state, kv, layer_keys), unroll=cfg.scan_unroll)
         else:
-            new_kv = kv
+            if kv is not None and not isinstance(kv[0], tuple):
+                raise ValueError("`layers=` needs a per-layer cache: KVCache.init(..., per_layer=True)")
+            ks, vs = [], []
             for i, state in enumerate(layers):
                 key = None if layer_keys is None else layer_keys[i]
                 x, layer_kv = body(x, (state, None if kv is None else (kv[0][i], kv[1][i]), key))
                 if kv is not None:
-                    new_kv = (new_kv[0].at[i].set(layer_kv[0]), new_kv[1].at[i].set(layer_kv[1]))
+                    ks.append(layer_kv[0])
+                    vs.append(layer_kv[1])
+            new_kv = (tuple(ks), tuple(vs)) if kv is not None else None
 
         new_cache = None
         if cache is not None:
