@@ -9,6 +9,7 @@ materialised twice nor whole on one host.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -75,6 +76,12 @@ def _reader(tensors: Mapping[str, np.ndarray], template: str, transpose: bool, s
     return read
 
 
+@functools.lru_cache(maxsize=16)
+def _lora_init(cfg: LlamaConfig, lora: LoraConfig, seed: int) -> Callable[[], nnx.State]:
+    """Jitted initialiser of the adapters alone (XLA drops the unused base init); cached per config."""
+    return jax.jit(lambda: nnx.state(CausalLM(cfg, lora=lora, rngs=nnx.Rngs(seed)), LoRAParam))
+
+
 def build_model(cfg: LlamaConfig, tensors: Mapping[str, np.ndarray], *, lora: LoraConfig | None = None,
                 mesh: jax.sharding.Mesh | None = None, seed: int = 0,
                 where: Callable[[str], str] = lambda name: "the checkpoint") -> CausalLM:
@@ -82,9 +89,8 @@ def build_model(cfg: LlamaConfig, tensors: Mapping[str, np.ndarray], *, lora: Lo
     make = lambda: CausalLM(cfg, lora=lora, rngs=nnx.Rngs(seed))  # noqa: E731
     graphdef, abstract = nnx.split(nnx.eval_shape(make))
     lora_state = None
-    if lora is not None:  # only the adapters are initialised; XLA drops the unused base init
-        lora_state = nnx.to_flat_state(jax.jit(lambda: nnx.state(make(), LoRAParam))())
-        lora_state = {p: v for p, v in lora_state}
+    if lora is not None:
+        lora_state = {p: v for p, v in nnx.to_flat_state(_lora_init(cfg, lora, seed)())}
     flat = []
     for path, var in nnx.to_flat_state(abstract):
         shape, dtype = var.get_value().shape, var.get_value().dtype
