@@ -10,6 +10,7 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -31,13 +32,15 @@ def _gguf_tokenizer(path: str) -> PreTrainedTokenizerBase:
             log.warning("tokenizer cache %s unreadable (%s); rebuilding", cached, err)
     tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                         local_files_only=True)
+    tmp = f"{cached}.tmp{os.getpid()}"
     try:
-        tmp = f"{cached}.tmp{os.getpid()}"
         tok.save_pretrained(tmp)
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        os.replace(tmp, cached) if not os.path.exists(cached) else None
+        os.replace(tmp, cached)  # atomic; fails if another process filled the cache first
     except OSError as err:
-        log.warning("could not cache the converted tokenizer in %s: %s", cached, err)
+        if not os.path.exists(cached):
+            log.warning("could not cache the converted tokenizer in %s: %s", cached, err)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return tok
 
 
