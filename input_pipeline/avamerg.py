@@ -16,6 +16,19 @@ files start at utt1 and reach one past its last 0-based index, or whose profile
 IDs only fit that way, is read as 1-based).  The reply of a turn (index
 len(history)) is looked up too, as `response_audio_path` / `response_video_path`.
 
+M-CoE (MERIA): a conversation may carry an `m_coe` object (one per dialogue, as
+MERIA builds them; a turn's own `m_coe` overrides it), either flat
+`{"visual_observation": .., "visual_emotion": .., "visual_confidence": ..,
+"audio_observation": .., "audio_emotion": .., "audio_confidence": ..}` or nested
+`{"visual": {"observation", "emotion", "confidence"}, "audio": {...}}`; it becomes
+`DialogueExample.m_coe` with exactly schema.MCOE_FIELDS (missing -> "").  Other
+keys are ignored and counted (`m_coe_unknown_keys`); a value that is not a string
+rejects the conversation.  No object: m_coe None.  For the synthetic corpus
+(synthetic_meta.json present) the annotation is built from the known truth of
+the history's last speaker utterance (input_pipeline/synthetic/mcoe.py), and each
+utterance gets its true emotion as `Utterance.emotion`; that needs only the JSON
+and the sidecar, so an existing corpus directory reads back the same.
+
 Bad records become `Rejection`s and the rest goes on: a JSON file that does not
 parse (the split is skipped), a conversation or turn with missing keys or wrong
 types, empty utterance text, an unknown emotion label.  Non-UTF-8 policy: a
@@ -36,6 +49,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from input_pipeline import schema
 from input_pipeline.reading import ReadResult, has_bad_bytes, log_summary, new_counts
+from input_pipeline.synthetic import mcoe as synthetic_mcoe
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +163,33 @@ def _profile(conv: dict, key: str) -> schema.Profile:
                           **{f: _text(p, f, key, required=False, allow_empty=True) for f in ("age", "gender", "timbre")})
 
 
+_MCOE_PARTS = {"visual": ("observation", "emotion", "confidence"),
+               "audio": ("observation", "emotion", "confidence")}
+
+
+def _m_coe(obj: dict, where: str, counts: collections.Counter) -> Optional[dict]:
+    """The `m_coe` object of a conversation or turn -> dict with schema.MCOE_FIELDS, or None."""
+    if obj.get("m_coe") is None:
+        return None
+    raw = _dict(obj["m_coe"], f"{where}.m_coe")
+    w = f"{where}.m_coe"
+    out = {k: _text(raw, k, w, required=False, allow_empty=True) for k in schema.MCOE_FIELDS}
+    unknown = 0
+    for key, val in raw.items():
+        if key in _MCOE_PARTS and isinstance(val, dict):
+            for part, sub in val.items():
+                field = f"{key}_{part}"
+                if field in out:
+                    out[field] = out[field] or _text(val, part, f"{w}.{key}", required=False,
+                                                     allow_empty=True)
+                else:
+                    unknown += 1
+        elif key not in out:
+            unknown += 1
+    counts["m_coe_unknown_keys"] += unknown
+    return out if any(out.values()) else None
+
+
 def _chain(turn: dict, where: str) -> Optional[schema.ChainOfEmpathy]:
     if turn.get("chain_of_empathy") is None:
         return None
@@ -203,7 +244,9 @@ def _load_json(path: str, counts: collections.Counter) -> Any:
 
 def _conversation_examples(conv: Any, pos: int, split: str, dataset: str, media: MediaIndex,
                            counts: collections.Counter, path: str,
-                           rejections: list[schema.Rejection]) -> list[schema.DialogueExample]:
+                           rejections: list[schema.Rejection],
+                           truth: Optional[dict] = None) -> list[schema.DialogueExample]:
+    """`truth`: synthetic_meta.json utterance entries, (split, conversation_id) -> index -> entry."""
     try:
         conv = _dict(conv, f"conversation #{pos}")
         cid = _ident(conv, "conversation_id", f"conversation #{pos}")
@@ -213,6 +256,7 @@ def _conversation_examples(conv: Any, pos: int, split: str, dataset: str, media:
     try:
         speaker, listener = _profile(conv, "speaker_profile"), _profile(conv, "listener_profile")
         topic = _text(conv, "topic", "conversation", required=False, allow_empty=True)
+        conv_mcoe = _m_coe(conv, "conversation", counts)
         turns = conv.get("turns")
         if not isinstance(turns, list) or not turns:
             raise _Bad("missing key 'turns'" if turns is None else "turns must be a non-empty list")
@@ -226,7 +270,8 @@ def _conversation_examples(conv: Any, pos: int, split: str, dataset: str, media:
         try:
             turn = _dict(turn, where)
             tid = _ident(turn, "turn_id", where)
-            parsed.append((tid, _history(turn, where), _text(turn, "response", where), _chain(turn, where)))
+            parsed.append((tid, _history(turn, where), _text(turn, "response", where), _chain(turn, where),
+                           _m_coe(turn, where, counts)))
         except _Bad as err:
             tid = str(turn.get("turn_id", k)) if isinstance(turn, dict) else str(k)
             rejections.append(schema.Rejection(path, str(err), f"{cid}/{tid}"))
@@ -247,11 +292,14 @@ def _conversation_examples(conv: Any, pos: int, split: str, dataset: str, media:
     counts["conversations"] += 1
     seen: set[int] = set()
     out = []
-    for tid, hist, response, coe in parsed:
+    facts = truth.get((split, cid), {}) if truth is not None else {}
+    for tid, hist, response, coe, mcoe in parsed:
         utts = []
         for i, (role, text) in enumerate(hist):
             pid = pids.get(role.lower())
-            u = schema.Utterance(i, role, text, resolve("wav", i, pid), resolve("mp4", i, pid), pid)
+            emo = str(facts[i].get("true_emotion") or "") if i in facts else ""
+            u = schema.Utterance(i, role, text, resolve("wav", i, pid), resolve("mp4", i, pid), pid,
+                                 emotion=emo)
             if i not in seen:
                 seen.add(i)
                 counts["utterances"] += 1
@@ -260,14 +308,35 @@ def _conversation_examples(conv: Any, pos: int, split: str, dataset: str, media:
             utts.append(u)
         label = coe.speaker_emotion if coe else ""
         counts["examples_without_emotion"] += coe is None
+        mcoe = mcoe or conv_mcoe
+        if mcoe is None and truth is not None:
+            fact = synthetic_mcoe.last_speaker_fact([(i, role) for i, (role, _) in enumerate(hist)], facts)
+            mcoe = synthetic_mcoe.annotation(fact) if fact is not None else None
+        counts["examples_with_m_coe"] += mcoe is not None
         out.append(schema.DialogueExample(
             dataset=dataset, split=split, conversation_id=cid, turn_id=tid, history=tuple(utts),
             response=response, emotion=label, emotion_coarse=schema.coarse_emotion(label) if label else "",
-            chain_of_empathy=coe, speaker_profile=speaker, listener_profile=listener, topic=topic,
+            chain_of_empathy=coe, speaker_profile=speaker, listener_profile=listener, topic=topic, m_coe=mcoe,
             response_role="listener", response_audio_path=resolve("wav", len(hist), pids["listener"]),
             response_video_path=resolve("mp4", len(hist), pids["listener"])))
     counts["examples"] += len(out)
     return out
+
+
+def _synthetic_truth(data_dir: str) -> Optional[dict[tuple[str, str], dict[int, dict]]]:
+    """synthetic_meta.json's per-utterance entries, (split, conversation_id) -> index -> entry;
+    None (with a warning) when the sidecar is missing or unusable: then no m_coe is built."""
+    path = os.path.join(data_dir, SYNTHETIC_META)
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        out: dict[tuple[str, str], dict[int, dict]] = collections.defaultdict(dict)
+        for u in meta["utterances"]:
+            out[(str(u["split"]), str(u["conversation_id"]))][int(u["index"])] = u
+        return dict(out)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("%s unusable (%r): synthetic examples get no M-CoE annotation", path, err)
+        return None
 
 
 def read_avamerg(data_dir: str, splits: Optional[Iterable[str]] = None,
@@ -284,6 +353,7 @@ def read_avamerg(data_dir: str, splits: Optional[Iterable[str]] = None,
         raise ValueError(f"unknown AvaMERG split(s) {unknown}; expected some of {list(SPLIT_FILES)}")
     if dataset is None:
         dataset = "synthetic" if os.path.exists(os.path.join(data_dir, SYNTHETIC_META)) else "avamerg"
+    truth = _synthetic_truth(data_dir) if dataset == "synthetic" else None
     media = index_media(data_dir)
     log.info("%s: indexed media of %d dialogues under %s", dataset, len({d for d, _ in media}), data_dir)
     counts = new_counts(wanted)
@@ -304,7 +374,8 @@ def read_avamerg(data_dir: str, splits: Optional[Iterable[str]] = None,
             rejections.append(schema.Rejection(path, f"top level is {type(data).__name__}, expected a list"))
             data = None
         for pos, conv in enumerate(data or []):
-            examples.extend(_conversation_examples(conv, pos, split, dataset, media, counts[split], path, rejections))
+            examples.extend(_conversation_examples(conv, pos, split, dataset, media, counts[split], path, rejections,
+                                                   truth))
         counts[split]["rejections"] += len(rejections) - before
     result = ReadResult(examples, rejections, {s: dict(c) for s, c in counts.items()})
     log_summary(log, dataset, data_dir, result)

@@ -56,7 +56,7 @@ from input_pipeline.features import registry
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = extract_io.FORMAT_VERSION  # record layout; part of the fingerprint
 _EXTRACTOR_MODULES = {"audio": "input_pipeline.features.audio",
                       "video": "input_pipeline.features.video",
                       "text": "input_pipeline.features.text"}

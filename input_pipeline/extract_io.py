@@ -4,6 +4,13 @@ One record = one example (one response turn), `records.encode`d:
 
   example_id, dataset, split, conversation_id, turn_id: str
   history_roles, history_texts: [str] (U items), history_indices: [int]
+  history_profile_ids: [str]  profile ID of each history utterance's speaker (AvaMERG /
+      synthetic: the speaker_profile or listener_profile ID of its role; MELD: the
+      character name); "" = unknown.  pipeline.py turns it into speaker_ids.
+  history_emotions: [str]  the emotion each history utterance itself shows when the data
+      annotates it per utterance (MELD's Emotion; synthetic: the true emotion), else ""
+  m_coe: {visual_observation, visual_emotion, visual_confidence, audio_observation,
+          audio_emotion, audio_confidence} (schema.MCOE_FIELDS) | {}
   response, response_role, emotion, emotion_coarse, topic, sentiment: str
   label: int  (AVAMERG_COARSE index; MELD_EMOTIONS index for MELD; -1 = no emotion)
   chain_of_empathy: {speaker_emotion, event_scenario, emotion_cause, goal_to_response} | {}
@@ -11,6 +18,11 @@ One record = one example (one response turn), `records.encode`d:
   features: {"audio": f32[U, Da], "video": f32[U, Dv], "text": f32[U, Dt],
              "<modality>_<name>": extra outputs of an extractor, e.g. audio_frames f32[U, L, F]}
   feature_mask: {"audio"|"video"|"text": bool[U]}  (False: row is zeros, input was bad)
+
+FORMAT_VERSION is bumped whenever this layout changes (1: first layout; 2:
+history_profile_ids, history_emotions, m_coe); it is part of extract.py's fingerprint,
+so shards of an older layout are re-extracted, and pipeline.py warns when a
+manifest names an older one.
 
 Shards are written to a temporary name and renamed, so a shard file that
 exists is complete.
@@ -28,6 +40,7 @@ import numpy as np
 from input_pipeline import records, schema
 
 FeatureSpec = dict[str, tuple[tuple[int, ...], str]]
+FORMAT_VERSION = 2
 
 
 def label_of(ex: schema.DialogueExample) -> int:
@@ -40,6 +53,14 @@ def label_of(ex: schema.DialogueExample) -> int:
 
 def _profile(p: Optional[schema.Profile]) -> dict:
     return {} if p is None else {"id": p.id, "age": p.age, "gender": p.gender, "timbre": p.timbre}
+
+
+def _profile_id(ex: schema.DialogueExample, u: schema.Utterance) -> str:
+    """The speaker identity of one history utterance ("" unknown).  MELD has no profiles,
+    but its Speaker column names a recurring character (the same actor in every episode)."""
+    if u.profile_id:
+        return str(u.profile_id)
+    return u.role if ex.dataset == "meld" else ""
 
 
 def build_record(ex: schema.DialogueExample, specs: dict[str, FeatureSpec],
@@ -59,6 +80,10 @@ def build_record(ex: schema.DialogueExample, specs: dict[str, FeatureSpec],
         "topic": ex.topic, "sentiment": ex.sentiment,
         "speaker_profile": _profile(ex.speaker_profile),
         "listener_profile": _profile(ex.listener_profile),
+        "history_profile_ids": [_profile_id(ex, u) for u in ex.history],
+        "history_emotions": [u.emotion for u in ex.history],
+        "m_coe": {k: str(ex.m_coe.get(k, "") or "") for k in schema.MCOE_FIELDS}
+                 if ex.m_coe else {},
     }
     n = len(ex.history)
     features, masks = {}, {}

@@ -9,7 +9,10 @@ next line (utterance t+1) unless `targets` supplies one, and "" for a
 dialogue's last utterance; `response_role` is the next speaker.  The emotion
 and sentiment of an example are those of utterance t, the line the response
 must attune to (seed 000 scores emotion/sentiment against the history).
-Splits keep MELD's names: train, dev, test.  `Utterance.index` is MELD's
+Every history utterance keeps its own MELD emotion (`Utterance.emotion`; the
+records' history_emotions).  Utterances have no profile ID (MELD has no avatar
+profiles); the records use the character name as the speaker identity
+(extract_io.build_record).  Splits keep MELD's names: train, dev, test.  `Utterance.index` is MELD's
 Utterance_ID (not the position), so it matches the clip name.
 
 Media: MELD clips are mp4 with an AAC audio track; the mp4 is recorded as both
@@ -216,7 +219,8 @@ def read_meld(data_dir: str, splits: Optional[Iterable[str]] = None,
                 c["utterances"] += 1
                 c["missing_audio"] += path_ is None
                 c["missing_video"] += path_ is None
-                utts.append(schema.Utterance(row["Utterance_ID"], row["Speaker"], row["Utterance"], path_, path_))
+                utts.append(schema.Utterance(row["Utterance_ID"], row["Speaker"], row["Utterance"], path_, path_,
+                                             emotion=row["Emotion"]))
             for t, row in enumerate(rows):
                 turn_id = str(row["Utterance_ID"])
                 ex_id = f"meld/{split}/{dia}/{turn_id}"

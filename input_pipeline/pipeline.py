@@ -20,13 +20,33 @@ bucket, U = max_utterances, S = slots per example, P = pack_max_examples):
   soft_utterance  int32[B,P*S] feature row (into the U or P*U axis) the slot takes;
                                negative -g-1 = dialogue-level slot: pool the valid
                                rows of packed segment g (unpacked: -1)
-  soft_modality   int32[B,P*S] prompts.MODALITY_IDS (0 audio, 1 video, 2 text, 3 audio+video)
+  soft_modality   int32[B,P*S] prompts.MODALITY_IDS (0 audio, 1 video, 2 text, 3 audio+video;
+                               MERIA's dialogue-level signals 4 fused, 5 identity,
+                               6 private_audio, 7 private_video, 8 conflict)
   soft_index      int32[B,P*S] 0..K-1 within the slot's K soft tokens
   soft_mask       int32[B,P*S] 1 for real slots
   audio/video/text            float32[B,P*U,D_m]  features of the kept history rows
   audio_mask/video_mask/text_mask  bool[B,P*U]    False for missing or truncated rows
+Per-row labels, the same P*U rows as the features (row s*U+j = history row j of packed
+segment s); -1 = unknown or padding.  They are set whether or not a row's features are
+valid: AND them with the modality masks before a loss.
+  speaker_ids     int32[B,P*U] schema.speaker_id(dataset, history_profile_ids[j]): a stable
+                               31-bit hash of the speaker's profile ID, equal for every
+                               utterance of the same speaker (avatar) across dialogues and
+                               splits; for triplet / same-speaker losses, not an index
+  profile_age     int32[B,P*U] index into schema.PROFILE_AGES (child, young, middle-aged, elderly)
+  profile_gender  int32[B,P*U] index into schema.PROFILE_GENDERS (male, female)
+  profile_timbre  int32[B,P*U] index into schema.PROFILE_TIMBRES (low, mid, high); the
+                               three from the speaker_/listener_profile of the row's role
+  utterance_label int32[B,P*U] the emotion the utterance itself shows (record
+                               history_emotions), in the label space of `label`
+                               (AVAMERG_COARSE; MELD_EMOTIONS for MELD); synthetic: every
+                               row (the listener mirrors the emotion), MELD: every row,
+                               AvaMERG: -1 (no per-utterance annotation)
+Per example:
   label, example_mask, prompt_length, truncated_utterances, truncated_tokens,
-  coe_present     int32[B] (unpacked) or int32[B,P] (packed); example_mask 0 = padding
+  coe_present, mcoe_present  int32[B] (unpacked) or int32[B,P] (packed); example_mask 0 =
+                  padding; mcoe_present 1 when the record has an M-CoE annotation (m_coe)
   example_id      str[B] or str[B,P]  host-side only (dropped by `to_global`)
 """
 from __future__ import annotations
@@ -44,7 +64,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from input_pipeline import records
+from input_pipeline import extract_io, records, schema
 from input_pipeline.config import default_config, shard_files, validate
 from input_pipeline.prompts import PromptBuilder
 
@@ -52,7 +72,9 @@ log = logging.getLogger(__name__)
 
 MODALITIES = ("audio", "video", "text")
 PER_EXAMPLE = ("label", "example_mask", "prompt_length", "truncated_utterances",
-               "truncated_tokens", "coe_present")
+               "truncated_tokens", "coe_present", "mcoe_present")
+# int32[U] per example, [P*U] per batch row; -1 = unknown (see the module docstring).
+PER_ROW = ("speaker_ids", "profile_age", "profile_gender", "profile_timbre", "utterance_label")
 _PAD = b""  # source element standing for an eval padding example
 
 __all__ = ["default_config", "make_dataset", "make_iterator", "to_global", "collate",
@@ -74,6 +96,57 @@ class _PadToLength(grain.MapDataset):
         if isinstance(index, slice):
             return self.slice(index)
         return self._parent[index] if index % self._length < self._n else _PAD
+
+
+@functools.lru_cache(maxsize=65536)
+def _speaker_id(dataset: str, profile_id: str) -> int:
+    return schema.speaker_id(dataset, profile_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _profile_labels(age: str, gender: str, timbre: str) -> tuple[int, int, int]:
+    return (schema.profile_label("age", age), schema.profile_label("gender", gender),
+            schema.profile_label("timbre", timbre))
+
+
+@functools.lru_cache(maxsize=1024)
+def _emotion_label(dataset: str, emotion: str) -> int:
+    if not emotion:
+        return -1
+    if dataset == "meld":
+        key = emotion.strip().lower()
+        return schema.MELD_EMOTIONS.index(key) if key in schema.MELD_EMOTIONS else -1
+    try:
+        return schema.AVAMERG_COARSE.index(schema.coarse_emotion(emotion))
+    except (KeyError, ValueError):
+        return -1
+
+
+def row_labels(rec: dict, rows: int) -> dict[str, np.ndarray]:
+    """PER_ROW arrays (int32[rows]) of the record's last `rows` history utterances, left-
+    aligned like the features; records without the fields (format 1) give -1."""
+    roles = list(rec.get("history_roles") or [])
+    n = len(roles)
+    start = max(0, n - rows)
+    out = {k: np.full((rows,), -1, np.int32) for k in PER_ROW}
+    dataset = str(rec.get("dataset", ""))
+    pids = list(rec.get("history_profile_ids") or [])
+    emos = list(rec.get("history_emotions") or [])
+    profiles = {"speaker": rec.get("speaker_profile") or {},
+                "listener": rec.get("listener_profile") or {}}
+    for j, i in enumerate(range(start, n)):
+        if i < len(pids):
+            out["speaker_ids"][j] = _speaker_id(dataset, str(pids[i] or ""))
+        prof = profiles.get(str(roles[i]).lower())
+        if prof:
+            age, gender, timbre = _profile_labels(str(prof.get("age") or ""),
+                                                  str(prof.get("gender") or ""),
+                                                  str(prof.get("timbre") or ""))
+            out["profile_age"][j], out["profile_gender"][j], out["profile_timbre"][j] = (
+                age, gender, timbre)
+        if i < len(emos):
+            out["utterance_label"][j] = _emotion_label(dataset, str(emos[i] or ""))
+    return out
 
 
 def _decode(element: Any) -> dict | None:
@@ -105,7 +178,9 @@ class _Prepare(grain.transforms.Map):
               "prompt_length": b.prompt_length, "truncated_utterances": b.truncated_utterances,
               "truncated_tokens": b.truncated_tokens,
               "coe_present": int(bool(rec.get("chain_of_empathy"))),
+              "mcoe_present": int(any((rec.get("m_coe") or {}).values())),
               "example_id": str(rec.get("example_id", ""))}
+        ex.update(row_labels(rec, self.u))
         feats, masks = rec.get("features") or {}, rec.get("feature_mask") or {}
         for m in MODALITIES:
             arr = np.zeros((self.u, self.dims[m]), np.float32)
@@ -127,6 +202,7 @@ class _Prepare(grain.transforms.Map):
         ex = {"tokens": z, "is_target": z.astype(np.int8), "soft_positions": z,
               "soft_utterance": z, "soft_modality": z, "soft_index": z, "example_id": ""}
         ex.update({k: 0 for k in PER_EXAMPLE}, label=-1)
+        ex.update({k: np.full((self.u,), -1, np.int32) for k in PER_ROW})
         for m in MODALITIES:
             ex[m] = np.zeros((self.u, self.dims[m]), np.float32)
             ex[m + "_mask"] = np.zeros((self.u,), bool)
@@ -205,6 +281,8 @@ def collate(rows: Sequence[list[dict]], *, batch_size: int, buckets: Sequence[in
     for m in MODALITIES:
         out[m] = np.zeros((B, P * U, dims[m]), np.float32)
         out[m + "_mask"] = np.zeros((B, P * U), bool)
+    for k in PER_ROW:
+        out[k] = np.full((B, P * U), -1, np.int32)
     meta = {k: np.zeros((B, P), np.int32) for k in PER_EXAMPLE}
     meta["label"][:] = -1
     ids = np.full((B, P), "", dtype=object)
@@ -228,6 +306,8 @@ def collate(rows: Sequence[list[dict]], *, batch_size: int, buckets: Sequence[in
             for m in MODALITIES:
                 out[m][r, s * U:(s + 1) * U] = ex[m]
                 out[m + "_mask"][r, s * U:(s + 1) * U] = ex[m + "_mask"]
+            for k in PER_ROW:
+                out[k][r, s * U:(s + 1) * U] = ex[k]
             for k in PER_EXAMPLE:
                 meta[k][r, s] = ex[k]
             ids[r, s] = ex["example_id"]
@@ -261,6 +341,24 @@ def feature_dims(source: Any, data_dir: str = "") -> dict[str, int]:
             for m in MODALITIES}
 
 
+def _check_format(data_dir: str) -> None:
+    """Warns when manifest.json names an older record layout than extract_io.FORMAT_VERSION:
+    its records lack fields (history_profile_ids, m_coe, ...) whose batch arrays then
+    read as unknown (-1 / empty)."""
+    path = os.path.join(data_dir, "manifest.json") if data_dir else ""
+    if not path or not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            version = json.load(f).get("format_version")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(version, int) and version < extract_io.FORMAT_VERSION:
+        log.warning("%s: record format %d is older than %d; speaker/profile/emotion row labels "
+                    "and M-CoE annotations may be missing: re-run launch/extract_features.py",
+                    data_dir, version, extract_io.FORMAT_VERSION)
+
+
 def make_dataset(config: ml_collections.ConfigDict, *, source: Any = None,
                  process_index: int | None = None, process_count: int | None = None
                  ) -> grain.IterDataset:
@@ -273,6 +371,7 @@ def make_dataset(config: ml_collections.ConfigDict, *, source: Any = None,
     validate(config, pc, have_source=source is not None)
     if not 0 <= pi < pc:
         raise ValueError(f"process_index={pi} is outside [0, {pc})")
+    _check_format(config.data_dir)
     if source is None:
         files = shard_files(config.data_dir, config.split)
         source = grain.sources.ArrayRecordDataSource(files)

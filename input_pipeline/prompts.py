@@ -11,7 +11,8 @@ only they are supervised (the official baseline trained on the prompt too).
 Template mini-language (parsed before any user text is substituted, so text from
 the data can never create a slot): `$name` / `${name}` fields, `<Aud>`, `<Vid>`,
 `<Txt>`, `<AV>` one soft slot of that modality for the current utterance, and
-`<Prefix>` the template's dialogue-level prefix slots.
+`<Prefix>` the template's prefix slots (per utterance, or dialogue-level: one
+slot per listed signal, e.g. MERIA's five PDR/UGF signals).
 """
 from __future__ import annotations
 
@@ -23,8 +24,17 @@ from typing import Sequence
 import numpy as np
 
 # Soft-slot modality ids used in `soft_modality`. "audio_video" is the early-fusion
-# joint embedding (the model adds its projected audio and video features).
-MODALITY_IDS = {"audio": 0, "video": 1, "text": 2, "audio_video": 3}
+# joint embedding (the model adds its projected audio and video features).  Ids 4-8
+# are MERIA's dialogue-level signals (seed 004 Fig. 2: what the M-CoE LLM gets as soft
+# prompts), computed by the model from the valid feature rows of the example:
+#   fused          Z_S^F, the uncertainty-gated fusion of the shared emotion latents
+#   identity       Z_I^F, audio and video identity latents concatenated
+#   private_audio  Z_P^A, the audio modality-private latent
+#   private_video  Z_P^V, the video modality-private latent
+#   conflict       UGF's cross-modal conflict signal
+MODALITY_IDS = {"audio": 0, "video": 1, "text": 2, "audio_video": 3, "fused": 4,
+                "identity": 5, "private_audio": 6, "private_video": 7, "conflict": 8}
+MERIA_SIGNALS = ("fused", "identity", "private_audio", "private_video", "conflict")
 _MARKERS = {"Aud": "audio", "Vid": "video", "Txt": "text", "AV": "audio_video"}
 _TOKEN_RE = re.compile(r"\$\{(\w+)\}|\$(\w+)|<(Aud|Vid|Txt|AV|Prefix)>")
 
@@ -36,10 +46,11 @@ class PromptTemplate:
     `prompt` may use $history (rendered `utterance` lines), $next_speaker, $mcoe
     and <Prefix>.  `target` is a list of sections; a section is kept only when
     all the record fields it names are non-empty (e.g. CoE steps of a test record
-    without CoE annotations).  `prefix` lists the modalities of the <Prefix>
-    slots; with `prefix_per_utterance` there is one slot per history utterance
-    (early fusion), otherwise one dialogue-level slot (utterance index -1: the
-    model pools that modality over the valid utterances; MERIA).
+    without CoE annotations).  `prefix` lists the modalities or signals
+    (MODALITY_IDS names) of the <Prefix> slots; with `prefix_per_utterance` there
+    is one slot per history utterance (early fusion), otherwise one dialogue-level
+    slot per entry (utterance index -1: the model computes it from the valid
+    utterances; MERIA's five signals).  Each slot is K soft tokens.
     """
     name: str
     source: str
@@ -48,6 +59,12 @@ class PromptTemplate:
     target: tuple[str, ...]
     prefix: tuple[str, ...] = ()
     prefix_per_utterance: bool = False
+
+    def __post_init__(self):
+        unknown = [m for m in self.prefix if m not in MODALITY_IDS]
+        if unknown:
+            raise ValueError(f"template {self.name!r}: prefix names unknown {unknown}; "
+                             f"use names of prompts.MODALITY_IDS {sorted(MODALITY_IDS)}")
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -105,16 +122,19 @@ TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (
         target=("$response",)),
     PromptTemplate(
         name="mcoe",
-        source="MERIA (seed 004) M-CoE LLM: soft prompts prepended to the dialogue history; "
-               "template wording is ours",
-        prompt="<Prefix>The soft tokens above carry the voice, face and text signals of the "
-               "dialogue. Reason about the dialogue below before anyone responds.\n\n" + _CONTEXT
+        source="MERIA (seed 004) M-CoE LLM: soft prompts of the fused emotion, identity, "
+               "private audio, private video and conflict signals prepended to the dialogue "
+               "history; template wording is ours",
+        prompt="<Prefix>The soft tokens above carry the dialogue's fused emotion, the "
+               "speakers' identity, what only the voice and only the face show, and how much "
+               "voice and face disagree. Reason about the dialogue below before anyone "
+               "responds.\n\n" + _CONTEXT
                + "\nWrite the multimodal chain of empathy: what the video and the audio show, "
                "the emotion each conveys and your confidence, then the event scenario, the "
                "speaker's emotion, the emotion cause and the goal to response.\n",
         utterance="$role:$text\n",
         target=_MCOE_TARGET,
-        prefix=("audio", "video", "text")),
+        prefix=MERIA_SIGNALS),
     PromptTemplate(
         name="mcoe_response",
         source="MERIA (seed 004) Response LLM: M-CoE + dialogue text -> emotion and "

@@ -7,6 +7,7 @@ dropped silently.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Optional
 
 # The 7 coarse multimodal emotions of AvaMERG (Empatheia, appendix C.2).
@@ -58,6 +59,54 @@ TOPICS = (
 )
 
 
+# Avatar profile vocabularies (AvaMERG, seed 001 appendix C.1: four age periods, binary
+# gender, three vocal timbres; the synthetic avatars use the same values).  The batch
+# arrays profile_age / profile_gender / profile_timbre hold the index into these tuples,
+# -1 when the value is missing or not in the vocabulary.  Order is fixed: appending is
+# safe, reordering changes every label id.
+PROFILE_AGES = ("child", "young", "middle-aged", "elderly")
+PROFILE_GENDERS = ("male", "female")
+PROFILE_TIMBRES = ("low", "mid", "high")
+PROFILE_VOCABS = {"age": PROFILE_AGES, "gender": PROFILE_GENDERS, "timbre": PROFILE_TIMBRES}
+# Spellings seen in the wild mapped onto the vocabularies (keys already lower-cased,
+# '_' and ' ' written as '-').
+PROFILE_ALIASES = {
+    "age": {"middle": "middle-aged", "middleaged": "middle-aged", "old": "elderly",
+            "senior": "elderly", "kid": "child", "youth": "young"},
+    "gender": {"m": "male", "f": "female", "man": "male", "woman": "female", "boy": "male",
+               "girl": "female"},
+    "timbre": {"medium": "mid", "middle": "mid"},
+}
+
+# MERIA's M-CoE annotation (seed 004 section 3.3): (visual observation, emotion,
+# confidence), (audio observation, emotion, confidence), plus the AvaMERG CoE (which
+# records keep in chain_of_empathy).  A record's m_coe is {} or a dict with exactly
+# these keys (string values, "" = not annotated); prompts.TEMPLATES["mcoe"] names them.
+MCOE_FIELDS = ("visual_observation", "visual_emotion", "visual_confidence",
+               "audio_observation", "audio_emotion", "audio_confidence")
+
+
+def profile_label(field: str, value: str) -> int:
+    """Index of a profile value ('age' | 'gender' | 'timbre') in PROFILE_VOCABS, -1 if unknown."""
+    key = "-".join(str(value or "").strip().lower().replace("_", " ").split())
+    vocab = PROFILE_VOCABS[field]
+    key = PROFILE_ALIASES[field].get(key, key)
+    return vocab.index(key) if key in vocab else -1
+
+
+def speaker_id(dataset: str, profile_id: str) -> int:
+    """Stable int32 id of a speaker: the first 31 bits of blake2b("<dataset>:<profile_id>"),
+    -1 when the profile id is empty.  Equal ids = same speaker (the same avatar across
+    dialogues and splits); the dataset name keeps the ID namespaces of datasets apart.
+    It is a hash, not a dense index: compare ids, do not use them as embedding rows.
+    (A collision needs ~2^15 distinct speakers to become likely; AvaMERG has far fewer.)"""
+    pid = str(profile_id or "").strip()
+    if not pid:
+        return -1
+    digest = hashlib.blake2b(f"{dataset}:{pid}".encode("utf-8"), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
 def coarse_emotion(label: str) -> str:
     """Maps a fine or coarse emotion label to the coarse set; KeyError if unknown."""
     key = label.strip().lower()
@@ -86,6 +135,10 @@ class Utterance:
     audio_path: Optional[str] = None  # None when the clip is missing on disk
     video_path: Optional[str] = None
     profile_id: Optional[str] = None
+    # The emotion this utterance itself shows, when the data annotates it per utterance
+    # (MELD's Emotion column; the synthetic corpus's true emotion), "" otherwise (AvaMERG
+    # annotates the speaker's emotion per turn, not per utterance).
+    emotion: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +170,11 @@ class DialogueExample:
     response_role: str = ""
     response_audio_path: Optional[str] = None
     response_video_path: Optional[str] = None
+    # MERIA M-CoE annotation: None, or a dict with exactly the keys MCOE_FIELDS (str values,
+    # "" = not annotated).  AvaMERG: a `m_coe` object in the JSON when a release carries one
+    # (MERIA's own annotations are not public); synthetic: built from synthetic_meta.json's
+    # per-modality truth (input_pipeline/synthetic/mcoe.py).
+    m_coe: Optional[dict] = None
 
     @property
     def example_id(self) -> str:

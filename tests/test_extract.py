@@ -145,6 +145,11 @@ def test_bad_inputs_mask_rows_and_keep_examples(bad_run):
     assert r0["history_roles"] == ["speaker", "listener", "speaker"]
     assert r0["speaker_profile"] == {"id": "1", "age": "young", "gender": "female", "timbre": "mid"}
     assert r0["chain_of_empathy"]["goal_to_response"] == "g"
+    # record format 2: per-utterance speaker identity, per-utterance emotion, M-CoE
+    assert manifest["format_version"] == extract_io.FORMAT_VERSION == 2
+    assert r0["history_profile_ids"] == ["1", "2", "1"]  # speaker ID 1, listener ID 2
+    assert r0["history_emotions"] == ["", "", ""]  # AvaMERG: no per-utterance emotion
+    assert r0["m_coe"] == {}  # the JSON carries no M-CoE annotation
 
 
 def test_workers_match_single_process(bad_run, tmp_path):
@@ -162,7 +167,7 @@ def test_workers_match_single_process(bad_run, tmp_path):
             np.testing.assert_array_equal(ra["feature_mask"][m], rb["feature_mask"][m])
 
 
-def test_rerun_skips_complete_shards(bad_run):
+def test_rerun_skips_complete_shards(bad_run, monkeypatch):
     root, out, manifest, _ = bad_run
     shard_files = [os.path.join(out, s["file"]) for s in manifest["splits"]["train"]["shards"]]
     mtimes = {p: os.stat(p).st_mtime_ns for p in shard_files}
@@ -188,6 +193,10 @@ def test_rerun_skips_complete_shards(bad_run):
     other = extract.ExtractConfig(examples_per_shard=4, video_kwargs={"num_frames": 3})
     fourth = extract.run_extraction("avamerg", root, out, workers=1, config=other)
     assert fourth["splits"]["train"]["shards_written"] == 4
+    # Same settings, another record layout (an older FORMAT_VERSION): stale, all rewritten.
+    monkeypatch.setattr(extract, "FORMAT_VERSION", extract.FORMAT_VERSION - 1)
+    fifth = extract.run_extraction("avamerg", root, out, workers=1, config=other)
+    assert fifth["splits"]["train"]["shards_written"] == 4 and fifth["format_version"] == 1
 
 
 def test_meld_audio_from_mp4_and_labels(tmp_path):
@@ -209,6 +218,8 @@ def test_meld_audio_from_mp4_and_labels(tmp_path):
     assert [recs[t]["label"] for t in "012"] == [3, 5, 1]  # MELD_EMOTIONS order
     assert recs["2"]["feature_mask"]["audio"].tolist() == [True, True, False]
     assert recs["2"]["history_roles"] == ["Joey", "Ross", "Joey"]
+    assert recs["2"]["history_profile_ids"] == ["Joey", "Ross", "Joey"]  # the character is the identity
+    assert recs["2"]["history_emotions"] == ["joy", "sadness", "disgust"]
     audio = recs["2"]["features"]["audio"]
     f0_col = extract.make_extractor("librosa_prosody", "audio", {}).feature_names().index("f0_hz_p50")
     assert audio[0, f0_col] == pytest.approx(120, rel=0.02) and audio[1, f0_col] == pytest.approx(180, rel=0.02)

@@ -243,9 +243,10 @@ def test_soft_positions_point_at_placeholders(data, tok, template):
         elif template == "early_fusion":  # one joint slot per utterance, prepended
             assert (pos == np.arange(2 * n_utt)).all() and (mod == 3).all()
             assert (utt == np.repeat(np.arange(n_utt), 2)).all()
-        else:  # MERIA: K dialogue-level tokens per modality before the prompt
-            assert (pos == np.arange(6)).all() and (utt == -1).all()
-            assert (mod == np.repeat([0, 1, 2], 2)).all()
+        else:  # MERIA: K dialogue-level tokens per signal (fused, identity, private audio,
+            # private video, conflict) before the prompt
+            assert (pos == np.arange(10)).all() and (utt == -1).all()
+            assert (mod == np.repeat([4, 5, 6, 7, 8], 2)).all()
         for mname in ("audio", "video", "text"):
             np.testing.assert_array_equal(b[mname][r][:n_utt], rec["features"][mname])
             np.testing.assert_array_equal(b[mname + "_mask"][r][:n_utt], rec["feature_mask"][mname])

@@ -97,6 +97,7 @@ def test_avamerg_examples_media_and_rejections(avamerg_dir):
     assert last.emotion == "devastated" and last.emotion_coarse == "sad"
     assert last.chain_of_empathy.goal_to_response == "g"
     assert last.speaker_profile.id == "7" and last.listener_profile.timbre == "high"
+    assert last.m_coe is None and all(u.emotion == "" for u in last.history)  # not annotated
 
     one_based = by_id["avamerg/train/00002/1"]
     assert one_based.history[0].audio_path.endswith("dia00002utt1.wav")
@@ -191,6 +192,7 @@ def test_meld_examples_encoding_and_rejections(meld_dir):
     assert [u.text for u in e01.history] == ["Hi there.", "he\u2019s here"]  # mojibake repaired
     assert e01.response == "Line one line two" and e01.response_role == "Joey"
     assert e01.emotion == "joy" and e01.emotion_coarse == "happy" and e01.sentiment == "positive"
+    assert [u.emotion for u in e01.history] == ["neutral", "joy"]  # each utterance's own label
     assert e01.history[1].audio_path == e01.history[1].video_path
     assert e01.history[1].video_path.endswith(os.path.join("train_splits", "dia0_utt1.mp4"))
     assert train[2].history[2].video_path is None  # the dev clip of the same name is not used

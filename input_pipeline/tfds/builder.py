@@ -34,11 +34,11 @@ log = logging.getLogger(__name__)
 # Record fields (extract_io.build_record) by TFDS feature kind.
 TEXT_FIELDS = ("example_id", "dataset", "split", "conversation_id", "turn_id", "response",
                "response_role", "emotion", "emotion_coarse", "topic", "sentiment")
-TEXT_LIST_FIELDS = ("history_roles", "history_texts")
+TEXT_LIST_FIELDS = ("history_roles", "history_texts", "history_profile_ids", "history_emotions")
 COE_FIELDS = tuple(f.name for f in dataclasses.fields(schema.ChainOfEmpathy))
 PROFILE_FIELDS = ("id", "age", "gender", "timbre")
 OPTIONAL_DICTS = {"chain_of_empathy": COE_FIELDS, "speaker_profile": PROFILE_FIELDS,
-                  "listener_profile": PROFILE_FIELDS}
+                  "listener_profile": PROFILE_FIELDS, "m_coe": schema.MCOE_FIELDS}
 RECORD_FIELDS = frozenset(TEXT_FIELDS + TEXT_LIST_FIELDS + tuple(OPTIONAL_DICTS)
                           + ("history_indices", "label", "features", "feature_mask"))
 PRESENT = "present"  # flag of an optional nested dict in the TFDS layout

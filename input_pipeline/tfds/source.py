@@ -26,12 +26,14 @@ def _str(value: Any) -> str:
 def to_record(ex: dict) -> dict:
     """TFDS example (numpy, bytes) -> the record dict of extract_io.build_record."""
     rec: dict[str, Any] = {k: _str(ex[k]) for k in b.TEXT_FIELDS}
-    rec.update({k: [_str(x) for x in ex[k]] for k in b.TEXT_LIST_FIELDS})
+    # A dataset prepared before a field existed (history_profile_ids, history_emotions,
+    # m_coe: record format 2) reads back with that field empty, as the pipeline expects.
+    rec.update({k: [_str(x) for x in ex[k]] if k in ex else [] for k in b.TEXT_LIST_FIELDS})
     rec["history_indices"] = [int(i) for i in np.asarray(ex["history_indices"]).reshape(-1)]
     rec["label"] = int(ex["label"])
     for key, fields in b.OPTIONAL_DICTS.items():
-        sub = ex[key]
-        rec[key] = {f: _str(sub[f]) for f in fields} if bool(sub[b.PRESENT]) else {}
+        sub = ex.get(key)
+        rec[key] = {f: _str(sub[f]) for f in fields} if sub is not None and bool(sub[b.PRESENT]) else {}
     rec["features"] = {k: np.asarray(v) for k, v in ex["features"].items()}
     rec["feature_mask"] = {k: np.asarray(v, bool) for k, v in ex["feature_mask"].items()}
     return rec
