@@ -27,6 +27,12 @@ RUNTIME = [
     "av>=12",  # decodes MELD's mp4 audio tracks (librosa has no ffmpeg backend here)
     "scipy>=1.11",
     "scikit-image>=0.22",  # the synthetic corpus renders faces on skimage's sample photo
+    # evaluation (issue 5)
+    "vaderSentiment>=3.3.2",  # pure Python, MIT, lexicon inside the wheel (seed 000 sentiment)
+    "matplotlib>=3.8",
+    "scikit-learn>=1.4",  # t-SNE plots
+    "tensorboard>=2.16",  # reads training curves back (EventAccumulator)
+    "tensorboardX>=2.6",  # the trainer writes scalars with it
 ]
 
 TEST = [
@@ -38,6 +44,7 @@ TEST = [
     "peft>=0.15",
     "scikit-learn>=1.4",
     "vaderSentiment>=3.3.2",
+    "bert-score>=0.3.13",  # BERTScore reference for tests/test_bertscore.py
 ]
 
 setup(

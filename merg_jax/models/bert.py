@@ -183,8 +183,9 @@ class BertEncoder(nnx.Module):
             setattr(self, name, _param(value, ("layers",) + names))
 
     def __call__(self, x: jax.Array, key_bias: jax.Array, cfg: BertConfig, *, dtype,
-                 precision) -> jax.Array:
-        stacked = {name: getattr(self, name)[...] for name in _LAYER_PARAMS}
+                 precision, num_layers: int | None = None) -> jax.Array:
+        # num_layers: run only the first n layers (BERTScore reads an inner layer).
+        stacked = {name: getattr(self, name)[...][:num_layers] for name in _LAYER_PARAMS}
         act = _ACTIVATIONS[cfg.hidden_act]
         b, t, e = x.shape
         h, d = cfg.num_heads, cfg.head_dim
@@ -247,7 +248,12 @@ class BertModel(nnx.Module):
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  token_type_ids: jax.Array | None = None,
-                 position_ids: jax.Array | None = None) -> BertOutput:
+                 position_ids: jax.Array | None = None,
+                 num_layers: int | None = None) -> BertOutput:
+        """`num_layers=n` stops after layer n (0: the embeddings), as HF's `hidden_states[n]`;
+        the pooler then reads that layer.  None runs every layer."""
+        if num_layers is not None and not 0 <= num_layers <= self.cfg.num_layers:
+            raise ValueError(f"num_layers={num_layers} outside [0, {self.cfg.num_layers}]")
         input_ids = jnp.asarray(input_ids, jnp.int32)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -261,7 +267,9 @@ class BertModel(nnx.Module):
         # (batch, 1, 1, keys): 0 for real tokens, the most negative float for padding.
         key_bias = jnp.where(jnp.asarray(attention_mask)[:, None, None, :] > 0, 0.0,
                              jnp.finfo(jnp.float32).min).astype(jnp.float32)
-        x = self.encoder(x, key_bias, self.cfg, dtype=self.dtype, precision=self.precision)
+        if num_layers != 0:
+            x = self.encoder(x, key_bias, self.cfg, dtype=self.dtype, precision=self.precision,
+                             num_layers=num_layers)
         pooled = (self.pooler(x[:, 0], dtype=self.dtype, precision=self.precision)
                   if self.pooler is not None else None)
         return BertOutput(x, pooled)

@@ -1,0 +1,119 @@
+"""Perplexity of target tokens under a `CausalLM`, with and without the dialogue context.
+
+Definition (the notes' reading of seed 000 §5, "Fluency: PPL"):
+    PPL = exp( sum_i NLL_i / sum_i T_i )
+over examples i, NLL_i the summed negative log-likelihood (nats) of example i's
+target tokens and T_i their number: the token-weighted mean, not a mean of
+per-example perplexities.
+
+Seed 000 reports a single PPL column and says neither what the language model
+is conditioned on nor how tokens are aggregated.  We therefore name two variants:
+  ppl_context       target tokens given the whole prompt (dialogue history, soft
+                    prompts): exactly the training loss' tokens (`loss_mask`).
+  ppl_context_free  the response alone: a start token, then the response's tokens
+                    and EOS, no chat template, no history (`context_free_batch`);
+                    it measures the fluency of the text by itself.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = ["perplexity", "target_nll", "context_free_batch", "start_token_id"]
+
+_NEEDED = ("input_ids", "targets", "loss_mask", "attention_mask", "positions")
+
+
+def perplexity(nll_sums: Any, token_counts: Any) -> float:
+    """exp(sum(nll_sums) / sum(token_counts)); arrays of any shape (numpy, jax or lists).
+
+    Accumulates in float64.  ValueError when there are no target tokens.
+    """
+    nll = np.asarray(jax.device_get(nll_sums), np.float64).sum()
+    count = np.asarray(jax.device_get(token_counts), np.float64).sum()
+    if count <= 0:
+        raise ValueError("perplexity of zero target tokens is undefined")
+    return float(np.exp(nll / count))
+
+
+@nnx.jit
+def _target_nll(model, input_ids, targets, loss_mask, attention_mask, positions, inputs_embeds):
+    if inputs_embeds is None:
+        out = model(input_ids, attention_mask=attention_mask, positions=positions)
+    else:
+        out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, positions=positions)
+    logits = out.logits.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(logits, axis=-1) - picked
+    mask = loss_mask.astype(jnp.float32)
+    return jnp.sum(nll * mask, axis=1), jnp.sum(mask, axis=1)
+
+
+def target_nll(model: nnx.Module, batch: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
+    """Per-example `(nll_sum, token_count)`, each float32[B], of the batch's target tokens.
+
+    `batch` follows the pipeline contract (input_pipeline/pipeline.py docstring):
+    input_ids, targets, loss_mask, attention_mask, positions; NLL_b =
+    sum_t loss_mask[b,t] * -log softmax(logits[b,t])[targets[b,t]].  An optional
+    `inputs_embeds` float[B,L,E] (soft prompts already spliced in) replaces the
+    input ids.  Packed rows (segment_ids > 1) are refused: `CausalLM` does not mask
+    attention between packed segments, so their scores would leak context.
+    Other keys (example_id strings, features) are ignored.  The forward pass is
+    `nnx.jit`-compiled once per batch shape.
+    """
+    missing = [k for k in _NEEDED if k not in batch]
+    if missing:
+        raise KeyError(f"batch lacks {missing} (pipeline contract: {list(_NEEDED)})")
+    seg = batch.get("segment_ids")
+    if seg is not None and int(np.max(np.asarray(seg))) > 1:
+        raise ValueError("packed batch (segment_ids > 1): evaluate with packing disabled")
+    arrays = [jnp.asarray(batch[k], jnp.int32) for k in _NEEDED]
+    embeds = batch.get("inputs_embeds")
+    return _target_nll(model, *arrays, None if embeds is None else jnp.asarray(embeds))
+
+
+def start_token_id(tokenizer: Any) -> int:
+    """BOS when the tokenizer has one, else EOS (the GPT-2 convention of a document start)."""
+    tok = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if tok is None:
+        raise ValueError("tokenizer has neither a BOS nor an EOS token to start a sequence")
+    return int(tok)
+
+
+def context_free_batch(tokenizer: Any, responses: Sequence[str], *, max_length: int | None = None,
+                       pad_multiple: int = 16) -> dict[str, np.ndarray]:
+    """A batch (pipeline contract, unpacked, right-padded) scoring each response alone.
+
+    Row i is `[start] + tokens(response_i) + [eos]` (`start_token_id`; tokens without
+    special tokens or chat template); every token after the start is a target, so
+    T_i = len(tokens) + 1.  `max_length` cuts the response tokens from the right
+    (EOS kept); rows are padded to a multiple of `pad_multiple` to bound recompiles.
+    """
+    start, eos = start_token_id(tokenizer), int(tokenizer.eos_token_id)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    seqs = []
+    for text in responses:
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if max_length is not None:
+            ids = ids[:max(0, max_length - 2)]
+        seqs.append([start] + ids + [eos])
+    longest = max([len(s) for s in seqs] + [2])
+    width = -(-longest // pad_multiple) * pad_multiple
+    b = len(seqs)
+    out = {k: np.zeros((b, width), np.int32) for k in
+           ("input_ids", "targets", "loss_mask", "attention_mask", "positions", "segment_ids")}
+    out["input_ids"][:] = pad
+    out["targets"][:] = pad
+    for r, seq in enumerate(seqs):
+        n = len(seq)
+        out["input_ids"][r, :n] = seq
+        out["targets"][r, :n - 1] = seq[1:]
+        out["loss_mask"][r, :n - 1] = 1
+        out["attention_mask"][r, :n] = 1
+        out["positions"][r, :n] = np.arange(n)
+        out["segment_ids"][r, :n] = 1
+    return out

@@ -1,0 +1,78 @@
+"""Markdown tables of metrics, laid out like the seeds' tables (seed 000 table 3, seed 004 tables 1-2).
+
+Every metric is named by what it computes (dist_2_corpus vs. dist_2_mean,
+ppl_context vs. ppl_context_free), and the table ends with the definition of
+each metric name it shows, so a number never travels without its meaning.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+__all__ = ["metrics_markdown", "DEFINITIONS", "format_value"]
+
+DEFINITIONS: dict[str, str] = {
+    "acc_fine": "emotion accuracy, exact match on the 32 fine labels (unparseable = wrong)",
+    "acc_coarse": "emotion accuracy on the 7 coarse AvaMERG labels (unparseable = wrong)",
+    "n_unparseable": "predictions with no recognisable emotion label",
+    "ppl_context": "exp(token-weighted mean NLL) of the target tokens given the full prompt",
+    "ppl_context_free": "exp(token-weighted mean NLL) of the response alone (start token + response + EOS)",
+    "bertscore_precision": "BERTScore P (greedy cosine matching, bert-score conventions)",
+    "bertscore_recall": "BERTScore R",
+    "bertscore_f1": "BERTScore F1",
+    "polarity_sentiment": "seed 000: mean of 1 - |VADER(history) - VADER(response)|",
+    "polarity_emotion": "seed 000: mean cosine of classifier softmax (response vs. mean over history)",
+    "polarity_empathy": "seed 000: (polarity_emotion + polarity_sentiment) / 2",
+    "sentiment_match_gold": "ours: mean of 1 - |VADER(gold response) - VADER(response)|",
+    "n": "number of examples",
+}
+for _n in (1, 2, 3, 4):
+    DEFINITIONS[f"dist_{_n}_corpus"] = (f"distinct {_n}-grams / all {_n}-grams over the whole corpus "
+                                        "(x100 = leaderboard Dist-n)")
+    DEFINITIONS[f"dist_{_n}_mean"] = f"mean over responses of distinct / all {_n}-grams in the response"
+
+
+def format_value(value: Any, digits: int = 4) -> str:
+    """Numbers with `digits` decimals (ints and bools as they are), None/NaN as an en dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"):
+        return str(int(value))
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return str(value).replace("|", "\\|").replace("\n", " ")
+    return "–" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def metrics_markdown(metrics: Mapping[str, Any], title: str, digits: int = 4,
+                     definitions: bool = True) -> str:
+    """A markdown section: `## title`, a table, then definitions of the metric names.
+
+    `metrics` is either flat {metric: value} (a two-column metric | value table) or
+    nested {variant: {metric: value}} (one row per variant, one column per metric
+    in first-seen order; a metric a variant lacks shows as –), the seeds' layout.
+    """
+    nested = bool(metrics) and all(isinstance(v, Mapping) for v in metrics.values())
+    lines = [f"## {title}", ""]
+    if nested:
+        cols: list[str] = []
+        for row in metrics.values():
+            cols += [c for c in row if c not in cols]
+        lines += [_row(["variant"] + cols), _row(["---"] * (len(cols) + 1))]
+        for name, row in metrics.items():
+            lines.append(_row([str(name)] + [format_value(row.get(c), digits) for c in cols]))
+    else:
+        cols = list(metrics)
+        lines += [_row(["metric", "value"]), _row(["---", "---"])]
+        lines += [_row([str(k), format_value(v, digits)]) for k, v in metrics.items()]
+    known = [c for c in cols if c in DEFINITIONS]
+    if definitions and known:
+        lines += [""] + [f"- `{c}`: {DEFINITIONS[c]}" for c in known]
+    return "\n".join(lines) + "\n"
