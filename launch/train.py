@@ -1,0 +1,50 @@
+"""Train a merg-jax system.
+
+    python launch/train.py --config=configs/<system>.py[:preset] --workdir=DIR [--config.key=value ...]
+
+Runs the config's stages in order and resumes automatically from DIR's newest good
+checkpoint.  SIGTERM saves and exits; a NaN/Inf loss stops with exit status 3.
+Multi-host: export MERG_COORDINATOR=host:port MERG_NUM_PROCESSES=N MERG_PROCESS_ID=i
+on every process (TPU pods and SLURM are detected automatically).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "configs/<system>.py[:preset]", lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and outputs go here.", required=True)
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> int:
+    del argv
+    from merg_jax.train.trainer import Trainer, TrainingDiverged
+
+    if FLAGS.config is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/meria.py:smoke")
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        trainer = Trainer(FLAGS.config, FLAGS.workdir)
+        trainer.setup()
+    except ValueError as e:  # config errors: one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        summary = trainer.train()
+    except TrainingDiverged as e:
+        logging.error("%s", e)
+        return 3
+    print(json.dumps(summary, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

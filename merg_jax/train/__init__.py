@@ -1,0 +1,1 @@
+"""The training runtime shared by every system: optimizer, checkpoints, metrics, the loop."""
