@@ -2,9 +2,11 @@
 
     python launch/generate.py --model=PATH --prompt=TEXT [--chat] [--max_new_tokens=N]
         [--temperature=T] [--top_p=P] [--top_k=K] [--seed=S] [--stop=STR ...]
+        [--which=response] [--step=N | --best]
 
-PATH: a local HF directory, a .gguf file, or a training workdir.  Greedy when
-the temperature is 0 (the default).  stdout carries only the generated
+PATH: a local HF directory, a .gguf file, or a training workdir (the newest good
+checkpoint, or --step / --best; --which picks the LLM of a system with several,
+e.g. MERIA's "mcoe" or "response").  Greedy when the temperature is 0 (the default).  stdout carries only the generated
 continuation; logs go to stderr.
 """
 from __future__ import annotations
@@ -27,6 +29,9 @@ flags.DEFINE_integer("top_k", 0, "Top-k sampling; 0 disables it.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_multi_string("stop", [], "Stop string (repeatable).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+flags.DEFINE_string("which", "response", "Training workdir only: which LLM of the system (e.g. mcoe, response).")
+flags.DEFINE_integer("step", None, "Training workdir only: checkpoint step (default: the newest good one).")
+flags.DEFINE_bool("best", False, "Training workdir only: load best/ (kept with checkpoint.best_by_eval).")
 FLAGS = flags.FLAGS
 
 
@@ -38,7 +43,14 @@ def main(argv):
     sampling = SamplingConfig(max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
                               top_p=FLAGS.top_p, top_k=FLAGS.top_k, seed=FLAGS.seed,
                               stop_strings=tuple(FLAGS.stop))
-    model, tokenizer = load_model(FLAGS.model, dtype=FLAGS.dtype)
+    if FLAGS.step is not None or FLAGS.best:
+        from merg_jax.train.restore import is_workdir, load_workdir
+        if not is_workdir(FLAGS.model):
+            raise app.UsageError(f"--step/--best need a training workdir; {FLAGS.model} is not one")
+        model, tokenizer, _ = load_workdir(FLAGS.model, which=FLAGS.which, step=FLAGS.step, best=FLAGS.best,
+                                           overrides={"dtype": FLAGS.dtype})
+    else:
+        model, tokenizer = load_model(FLAGS.model, dtype=FLAGS.dtype, which=FLAGS.which)
     result = Generator(model, tokenizer).generate([FLAGS.prompt], sampling, chat=FLAGS.chat)
     logging.info("prefill %.2fs, %d new tokens in %.2fs", result.prefill_s, result.new_tokens, result.decode_s)
     sys.stdout.write(result.texts[0] + "\n")
