@@ -172,6 +172,39 @@ TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (
         target=("$response",),
         prefix=("audio_video",),
         prefix_per_utterance=True),
+    PromptTemplate(
+        name="listing1",
+        source="seed 000 Listing 1, text only (the text baseline of seed 000)",
+        prompt="### INSTRUCTIONS ###\n"
+               "Continue the conversation by generating **only the next line** spoken by the "
+               "indicated character.\n"
+               "Your response must be empathetic, showing understanding or emotional "
+               "attunement to the preceding dialogue.\n\n"
+               "### EXAMPLE ###\n\n"
+               "==== DIALOGUE HISTORY ===\n"
+               "Rachel: Hey!\nRoss: Hi!\nRachel: What are you doing here?\n"
+               "Ross: Ah y'know, this building is on my paper route so I...\n"
+               "Rachel: Oh.\nRoss: Hi.\nRachel: Hi.\nRoss: How'd did it go?\n"
+               "Rachel: Oh well, the woman I interviewed with was pretty tough, but y'know "
+               "thank God Mark coached me, because once I started talking about the fall "
+               "line, she got all happy and wouldn't shut up.\n"
+               "Ross:\n\n"
+               "==== RESPONSE ===\n"
+               "That sounds like a huge relief.\n\n"
+               "### TASK ###\n\n"
+               "==== DIALOGUE HISTORY ===\n"
+               "$history$next_speaker:\n\n"
+               "==== RESPONSE ===\n",
+        utterance="$role: $text\n",
+        target=("$response",),),
+    PromptTemplate(
+        name="text_response",
+        source="text-only: dialogue -> emotion + response, the mcoe_response target without "
+               "the chain; wording is ours (the text baseline scored on emotion accuracy)",
+        prompt="Read the dialogue and state the speaker's emotion, then give an empathetic "
+               "response.\n\n" + _CONTEXT,
+        utterance="$role:$text\n",
+        target=("Emotion: $emotion\n", "Response: $response")),
 )}
 
 

@@ -58,6 +58,16 @@ class System:
         """Analytic FLOPs of one optimizer step over a [B, L] batch (0 = unknown)."""
         return 0.0
 
+    # -- evaluation -----------------------------------------------------------
+    def eval_stage(self) -> ml_collections.ConfigDict:
+        """The stage whose data view evaluation uses (the last one by default)."""
+        return self.config.stages[self.config.stage_order[-1]]
+
+    def predict(self, model: nnx.Module, batch: dict, tokenizer, *, max_new_tokens: int) -> list[dict]:
+        """Generated outputs for the real examples of a prompt-only batch: one dict per
+        example with generated_chain, response and predicted_emotion (text)."""
+        raise NotImplementedError(f"system {self.name!r} has no predict()")
+
     # -- outputs --------------------------------------------------------------
     def llm(self, model: nnx.Module, which: str = "response"):
         """The CausalLM that `launch/generate.py --model=WORKDIR` and export use."""

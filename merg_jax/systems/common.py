@@ -63,3 +63,19 @@ def llm_step_flops(llm, batch_shape: tuple[int, int], *, frozen_base: bool) -> f
         n += cfg.vocab_size * cfg.hidden_size  # ... but the tied head is one
     b, l = batch_shape
     return llm_train_flops(n, cfg.num_layers, cfg.num_heads * cfg.dim_head, l, b * l, frozen_base)
+
+
+def prompt_ids(batch: dict) -> list[list[int]]:
+    """Per real example, the prompt tokens of a prompt-only (include_target=False) batch."""
+    keep = batch["example_mask"] if "example_mask" in batch else [1] * len(batch["input_ids"])
+    return [list(map(int, row[:int(n)])) for row, n, k in
+            zip(batch["input_ids"], batch["prompt_length"], keep) if k]
+
+
+def split_emotion_response(text: str) -> tuple[str, str]:
+    """'Emotion: X\nResponse: Y' -> (X, Y); a text without the markers is all response."""
+    import re
+    emo = re.search(r"Emotion:\s*([^\n]*)", text)
+    resp = re.search(r"Response:\s*(.*)", text, flags=re.S)
+    return (emo.group(1).strip() if emo else "",
+            (resp.group(1) if resp else text if not emo else "").strip())

@@ -45,6 +45,19 @@ class TextBaseline(System):
     def step_flops(self, model, batch_shape, stage) -> float:
         return common.llm_step_flops(model.llm, batch_shape, frozen_base=True)
 
+    def predict(self, model, batch, tokenizer, *, max_new_tokens):
+        from merg_jax.generation import Generator, SamplingConfig
+        gen = getattr(self, "_generator", None)
+        if gen is None or gen[0] is not model:
+            self._generator = gen = (model, Generator(model.llm, tokenizer))
+        out = gen[1].generate_ids(common.prompt_ids(batch), SamplingConfig(max_new_tokens=max_new_tokens))
+        rows = []
+        for text in out.texts:
+            emotion, response = common.split_emotion_response(text)
+            rows.append({"generated_chain": "", "response": response, "predicted_emotion": emotion,
+                         "raw": text})
+        return rows
+
     def llm(self, model, which: str = "response"):
         return model.llm
 

@@ -235,7 +235,7 @@ def load_workdir(workdir: str, *, which: str = "response", mesh=None, step: int 
             info = {"workdir": workdir, "checkpoint_dir": ckpt_dir, "step": s, "stage": meta.get("stage"),
                     "stage_index": meta.get("stage_index"), "system": config.system, "which": which,
                     "base_path": base_path(config, which), "tokenizer_path": tok_path, "meta": meta,
-                    "config": config, "union": union}
+                    "config": config, "union": union, "model": model, "system_obj": system}
             log.info("loaded %s step %d (stage %s) of %s (system %s, LLM %r)", sub, s, meta.get("stage"),
                      workdir, config.system, which)
             return llm, tokenizer, info

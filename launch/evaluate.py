@@ -1,0 +1,56 @@
+"""Evaluate a trained run the way the seeds do.
+
+    python launch/evaluate.py --config=configs/<system>.py[:preset] --workdir=W [--split=test]
+        [--output_dir=O] [--max_examples=N] [--classifier_dir=DIR] [--no_bertscore]
+
+Writes predictions.jsonl, metrics.json, metrics.md, submission.json and PNG plots to
+O (default W/eval_<split>) and prints the metrics table.  The model comes from W (its
+own config.json); --config names the system and must agree with it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "configs/<system>.py[:preset]", lock_config=True)
+flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
+flags.DEFINE_string("split", "test", "Split to evaluate.")
+flags.DEFINE_string("output_dir", "", "Default: WORKDIR/eval_<split>.")
+flags.DEFINE_integer("max_examples", 0, "Evaluate at most N examples (0: all).")
+flags.DEFINE_integer("batch_size", 8, "Generation batch size.")
+flags.DEFINE_integer("max_new_tokens", 96, "Generation length limit.")
+flags.DEFINE_string("classifier_dir", "", "Local HF text-emotion classifier for emotion polarity.")
+flags.DEFINE_bool("bertscore", True, "Compute BERTScore with the local all-MiniLM-L6-v2.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> int:
+    del argv
+    from merg_jax.evaluation.run import evaluate
+    from merg_jax.train.restore import read_config
+
+    logging.getLogger().setLevel(logging.INFO)
+    saved = read_config(FLAGS.workdir) or {}
+    if FLAGS.config is not None and saved.get("system") and saved["system"] != FLAGS.config.system:
+        print(f"error: {FLAGS.workdir} was trained as system {saved['system']!r}, but --config is "
+              f"{FLAGS.config.system!r}", file=sys.stderr)
+        return 2
+    metrics = evaluate(FLAGS.workdir, split=FLAGS.split, output_dir=FLAGS.output_dir,
+                       max_examples=FLAGS.max_examples, batch_size=FLAGS.batch_size,
+                       max_new_tokens=FLAGS.max_new_tokens, bertscore=FLAGS.bertscore,
+                       classifier_dir=FLAGS.classifier_dir, step=FLAGS.step)
+    out = FLAGS.output_dir or os.path.join(FLAGS.workdir, f"eval_{FLAGS.split}")
+    print(open(os.path.join(out, "metrics.md")).read())
+    print(f"outputs: {out}")
+    return 0 if metrics["n"] else 1
+
+
+if __name__ == "__main__":
+    app.run(main)

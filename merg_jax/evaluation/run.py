@@ -1,0 +1,159 @@
+"""Evaluate a trained system over a split: generate, score, write tables and pictures.
+
+Outputs in `output_dir`: predictions.jsonl, metrics.json, metrics.md,
+submission.json (AvaMERG challenge format) and PNG plots.  Every metric is
+named by its variant (dist_2_corpus vs dist_2_mean, ppl_context vs
+ppl_context_free) because the papers compute them differently.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _view(system, split: str, *, with_target: bool, batch_size: int) -> ml_collections.ConfigDict:
+    cfg = system.data_config(system.eval_stage(), split, train=False)
+    with cfg.unlocked():
+        cfg.include_target = with_target
+        cfg.global_batch_size = batch_size
+        cfg.packing = False
+        cfg.worker_count = 0
+    return cfg
+
+
+def _records(cfg) -> dict[str, dict]:
+    """example_id -> the raw record fields evaluation needs (history, gold labels)."""
+    from input_pipeline import records
+    from input_pipeline.config import shard_files
+    from array_record.python.array_record_module import ArrayRecordReader
+    out = {}
+    for path in shard_files(cfg.data_dir, cfg.split):
+        reader = ArrayRecordReader(path)
+        for i in range(reader.num_records()):
+            rec = records.decode(reader.read([i])[0])
+            out[rec["example_id"]] = {k: rec.get(k) for k in (
+                "conversation_id", "turn_id", "history_texts", "history_roles", "response", "emotion")}
+        reader.close()
+    return out
+
+
+def evaluate(workdir: str, *, split: str = "test", output_dir: str = "", max_examples: int = 0,
+             batch_size: int = 8, max_new_tokens: int = 96, bertscore: bool = True,
+             classifier_dir: str = "", plots: bool = True, step: int | None = None) -> dict[str, Any]:
+    from input_pipeline.pipeline import make_iterator, to_global
+    from merg_jax.evaluation import distinct, emotion, report, submission
+    from merg_jax.evaluation.perplexity import context_free_batch, perplexity, target_nll
+    from merg_jax.train.restore import load_workdir
+
+    output_dir = output_dir or os.path.join(workdir, f"eval_{split}")
+    os.makedirs(output_dir, exist_ok=True)
+    llm, tokenizer, info = load_workdir(workdir, which="response", step=step)
+    system, model = info["system_obj"], info["model"]
+    from merg_jax.sharding import make_mesh
+    mesh = make_mesh(1, -1, 1)
+
+    # 1) generation over the prompt-only view
+    cfg = _view(system, split, with_target=False, batch_size=batch_size)
+    recs = _records(cfg)
+    rows, t0 = [], time.perf_counter()
+    for batch in make_iterator(cfg):
+        ids = [str(x) for x, k in zip(batch["example_id"], batch["example_mask"]) if k]
+        outs = system.predict(model, batch, tokenizer, max_new_tokens=max_new_tokens)
+        for eid, out in zip(ids, outs):
+            r = recs.get(eid, {})
+            rows.append({"example_id": eid, "conversation_id": r.get("conversation_id", ""),
+                         "turn_id": r.get("turn_id", ""),
+                         "prompt": "\n".join(f"{a}: {b}" for a, b in zip(r.get("history_roles") or [],
+                                                                         r.get("history_texts") or [])),
+                         "generated_chain": out.get("generated_chain", ""), "response": out["response"],
+                         "predicted_emotion": out["predicted_emotion"], "gold_emotion": r.get("emotion", ""),
+                         "gold_response": r.get("response", ""), "raw_output": out.get("raw", "")})
+        log.info("generated %d examples (%.0f s)", len(rows), time.perf_counter() - t0)
+        if max_examples and len(rows) >= max_examples:
+            rows = rows[:max_examples]
+            break
+    gen_s = time.perf_counter() - t0
+
+    responses = [r["response"] for r in rows]
+    metrics: dict[str, Any] = {"n": len(rows), "split": split, "workdir": os.path.abspath(workdir),
+                               "step": info["step"], "system": info["system"], "generation_s": round(gen_s, 1)}
+    acc = emotion.emotion_accuracy([r["predicted_emotion"] or None for r in rows],
+                                   [r["gold_emotion"] for r in rows])
+    metrics.update({"emotion_acc_fine": acc["acc_fine"], "emotion_acc_coarse": acc["acc_coarse"],
+                    "emotion_unparseable": acc["n_unparseable"]})
+    for n in (1, 2):
+        metrics[f"dist_{n}_corpus"] = distinct.dist_n_corpus(responses, n)
+        metrics[f"dist_{n}_mean"] = distinct.dist_n_mean(responses, n)
+
+    # 2) perplexity of the gold targets: with the prompt (the system's own loss) and context-free
+    cfg_t = _view(system, split, with_target=True, batch_size=batch_size)
+    stage = system.eval_stage()
+    from flax import nnx
+    graphdef, state = nnx.split(model)
+    nll_fn = jax.jit(lambda st, b: system.loss(nnx.merge(graphdef, st), b, None, stage, train=False)[1])
+    nll = tok = 0.0
+    seen = 0
+    for batch in make_iterator(cfg_t):
+        aux = nll_fn(state, to_global(batch, mesh))
+        nll, tok = nll + float(aux["nll_sum"]), tok + float(aux["tokens"])
+        seen += int(np.sum(batch["example_mask"]))
+        if max_examples and seen >= max_examples:
+            break
+    metrics["ppl_context"] = perplexity(np.asarray([nll]), np.asarray([tok]))
+    golds = [r["gold_response"] for r in rows]
+    cf_nll = cf_tok = 0.0
+    for i in range(0, len(golds), batch_size):
+        b = context_free_batch(tokenizer, golds[i:i + batch_size])
+        s, c = target_nll(llm, b)
+        cf_nll, cf_tok = cf_nll + float(np.sum(s)), cf_tok + float(np.sum(c))
+    metrics["ppl_context_free"] = perplexity(np.asarray([cf_nll]), np.asarray([cf_tok]))
+
+    # 3) similarity and polarity
+    if bertscore and rows:
+        from merg_jax.evaluation.bertscore import BertScorer
+        res = BertScorer().score(responses, golds)
+        metrics.update({"bertscore_p": float(np.mean(res.precision)), "bertscore_r": float(np.mean(res.recall)),
+                        "bertscore_f1": float(np.mean(res.f1))})
+    from merg_jax.evaluation.polarity import polarity_scores
+    pol = polarity_scores(responses, [recs.get(r["example_id"], {}).get("history_texts") or [] for r in rows],
+                          classifier_dir or None)
+    metrics.update(pol.summary())
+
+    # 4) files
+    submission.write_predictions_jsonl(os.path.join(output_dir, "predictions.jsonl"), rows)
+    submission.write_submission(os.path.join(output_dir, "submission.json"), rows)
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2, default=float)
+    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in ("step",)}
+    with open(os.path.join(output_dir, "metrics.md"), "w") as f:
+        f.write(report.metrics_markdown(shown, f"{info['system']} on {split} ({len(rows)} examples)"))
+    if plots:
+        _plots(workdir, output_dir, pol)
+    log.info("evaluation written to %s", output_dir)
+    return metrics
+
+
+def _plots(workdir: str, output_dir: str, pol) -> None:
+    from merg_jax.evaluation import plots
+    scores = {"sentiment": pol.sentiment}
+    if pol.emotion is not None:
+        scores.update(emotion=pol.emotion, empathy=pol.empathy)
+    finite = {k: [float(x) for x in v if math.isfinite(float(x))] for k, v in scores.items()}
+    if any(finite.values()):
+        plots.plot_polarity_hist(finite, os.path.join(output_dir, "polarity.png"))
+    tb = os.path.join(workdir, "tensorboard")
+    if os.path.isdir(tb):
+        try:
+            plots.plot_training_curves(tb, os.path.join(output_dir, "training_curves.png"))
+        except ValueError as e:  # no scalars yet
+            log.warning("no training curves: %s", e)
