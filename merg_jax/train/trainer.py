@@ -404,7 +404,8 @@ class Trainer:
         return "done", step, last
 
     def _save_best(self, run: StageRun, step: int, loss: float) -> None:
-        if self.ckpt.best is None:
+        # Losses of different stages are not comparable: best/ ranks the final stage only.
+        if self.ckpt.best is None or run.index != len(self.stages) - 1:
             return
         self.ckpt.save_best(step, self._union_params(run), self._meta(step, run.index, -1),
                             {"eval_loss": loss, "stage": run.index})
