@@ -1,0 +1,168 @@
+"""Seed 000's ImageBind MLLM: early-fused audio-visual soft prompt + LoRA LLM.
+
+What the seed specifies (seed 000, Sec. 4.3, Fig. 1):
+  * audio and visual embeddings (ImageBind, one shared 1024-d space) are ADDED
+    element-wise into one joint audio-visual embedding;
+  * ONE linear projector maps the joint embedding into the LLM's embedding space;
+  * the projected embedding is PREPENDED to the prompt embeddings of Listing 1
+    (instructions + dialogue history) and the LLM generates the response;
+  * the projector is trainable, the encoders frozen; the LLM is fine-tuned with
+    (Q)LoRA r 8, alpha 16, dropout 0.1 (Llama-3-8B-Instruct / Mistral-7B-Instruct).
+
+What is ours (the deviations and the choices the seed leaves open):
+  * Our extracted features are not ImageBind's joint space: audio and video have
+    different widths (180 vs 775 in the real extraction), so a plain sum is not
+    defined.  Each modality first goes through its own linear map to a common
+    width `model.fusion_dim` (`audio_proj`, `video_proj`, with bias); the two
+    results are summed.  These per-modality maps play ImageBind's projection heads
+    and are trained here (ImageBind's are frozen and pretrained).
+  * Masked sum: a missing (or truncated) modality row contributes exactly 0, i.e.
+    joint = [audio ok]·audio_proj(a) + [video ok]·video_proj(v).  With both
+    missing the joint vector is 0 and the slot gets projector(0) = its bias: a
+    learned "no signal" token (the slot stays, the prompt layout never changes).
+  * The seed's single joint embedding per example becomes one joint embedding per
+    history utterance (prompt template `early_fusion`: one `audio_video` slot per
+    utterance, prepended as <Prefix>), and each slot is K =
+    data.soft_tokens_per_slot tokens: the projector (`projector`, the seed's
+    Linear Projector, with bias) maps fusion_dim -> K·d_model, reshaped to K
+    tokens; token k of a slot is row k of that reshape.  K = 1 is the seed's form.
+The LLM comes from `config.model` (base.build_llm); the soft tokens replace the
+placeholder embeddings at `soft_positions` before the decoder runs.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from merg_jax.models.layers import Linear
+from merg_jax.systems import common
+from merg_jax.systems.base import System, build_llm
+
+AUDIO_VIDEO = 3  # prompts.MODALITY_IDS["audio_video"]
+
+
+class EarlyFusion(System):
+    name = "early_fusion"
+
+    def validate(self) -> None:
+        from input_pipeline import prompts
+        t = prompts.TEMPLATES.get(self.config.data.template)
+        if t is None:
+            raise ValueError(f"data.template={self.config.data.template!r} is unknown; use one of "
+                             f"{sorted(prompts.TEMPLATES)}")
+        mods = tuple(self.config.data.get("soft_modalities") or t.modalities)
+        if set(mods) != {"audio_video"}:
+            raise ValueError(f"data.template={t.name!r} has soft slots {t.modalities}; early fusion needs "
+                             "exactly one 'audio_video' slot kind, e.g. data.template='early_fusion'")
+        if not t.prefix_per_utterance:
+            raise ValueError(f"data.template={t.name!r}: early fusion needs per-utterance slots "
+                             "(prefix_per_utterance), e.g. data.template='early_fusion'")
+        if self.config.data.get("packing"):
+            raise ValueError("data.packing=True: the LLM takes no segment_ids, so packed examples would "
+                             "attend to each other; set data.packing=False for early fusion")
+        if int(self.config.model.get("fusion_dim", 0)) < 1:
+            raise ValueError("model.fusion_dim must be a positive int (the common audio/video width)")
+
+    def feature_dims(self) -> dict[str, int]:
+        """config.data.feature_dims, else the data's manifest / first record (as the pipeline does)."""
+        if self.config.data.get("feature_dims"):
+            return {k: int(v) for k, v in dict(self.config.data.feature_dims).items()}
+        import grain
+
+        from input_pipeline.config import shard_files
+        from input_pipeline.pipeline import feature_dims
+        d = self.config.data
+        files = shard_files(d.data_dir, d.get("train_split", "train"))
+        source = grain.sources.ArrayRecordDataSource(files) if files else None
+        return feature_dims(source, d.data_dir)
+
+    def build(self, mesh) -> nnx.Module:
+        llm, self._base = build_llm(self.config.model, mesh, self.config.seed)
+        dims = self.feature_dims()
+        for m in ("audio", "video"):
+            if dims.get(m, 0) < 1:
+                raise ValueError(f"early fusion needs {m} features but the data has width {dims.get(m)}; "
+                                 "extract them or set data.feature_dims")
+        k = int(self.config.data.soft_tokens_per_slot)
+        linears = _sharded(lambda: EarlyFusionModel.make_linears(
+            dims["audio"], dims["video"], int(self.config.model.fusion_dim), k, llm.config.hidden_size,
+            dtype=llm.config.jnp_dtype, seed=self.config.seed + 1), mesh)
+        return EarlyFusionModel(llm, *linears, k=k)
+
+    def bases(self) -> dict[str, dict]:
+        return {"llm": self._base}
+
+    def data_config(self, stage, split, *, train):
+        return common.data_view(self.config, stage, split, train=train)
+
+    def loss(self, model, batch, key, stage, *, train):
+        embeds = soft_embeds(model, batch)
+        out = model.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                        positions=batch["positions"], dropout_key=key if train else None)
+        return common.lm_loss(out.logits, batch["targets"], batch["loss_mask"])
+
+    def step_flops(self, model, batch_shape, stage) -> float:
+        # The projector is a few matmuls per history row: negligible next to the LLM.
+        return common.llm_step_flops(model.llm, batch_shape, frozen_base=True)
+
+    def llm(self, model, which: str = "response"):
+        return model.llm
+
+
+def soft_embeds(model: "EarlyFusionModel", batch: dict) -> jax.Array:
+    """Token embeddings of input_ids with each audio_video slot's soft tokens spliced in."""
+    embeds = model.llm.embed(batch["input_ids"])
+    tokens = model.fusion(batch["audio"], batch["video"], batch["audio_mask"], batch["video_mask"])
+    values = gather_slots(tokens, batch["soft_utterance"], batch["soft_index"])
+    mask = batch["soft_mask"] * (batch["soft_modality"] == AUDIO_VIDEO) * (batch["soft_utterance"] >= 0)
+    return common.splice(embeds, batch["soft_positions"], mask, values)
+
+
+def gather_slots(tokens: jax.Array, utterance: jax.Array, index: jax.Array) -> jax.Array:
+    """tokens [B, R, K, E] (per feature row) -> [B, N, E]: row soft_utterance, token soft_index."""
+    b = jnp.arange(tokens.shape[0])[:, None]
+    r = jnp.clip(utterance, 0, tokens.shape[1] - 1)  # negative (dialogue-level) slots are masked off
+    k = jnp.clip(index, 0, tokens.shape[2] - 1)
+    return tokens[b, r, k]
+
+
+class EarlyFusionModel(nnx.Module):
+    """Parameter paths: audio_proj/*, video_proj/* (ours), projector/* (the seed's), llm/*."""
+
+    def __init__(self, llm, audio_proj: Linear, video_proj: Linear, projector: Linear, k: int):
+        self.llm = llm
+        self.audio_proj = audio_proj
+        self.video_proj = video_proj
+        self.projector = projector
+        self.k = k
+
+    @staticmethod
+    def make_linears(audio_dim: int, video_dim: int, fusion_dim: int, k: int, d_model: int, *,
+                     dtype=jnp.float32, seed: int = 0) -> tuple[Linear, Linear, Linear]:
+        rngs = nnx.Rngs(seed)
+        lin = dict(use_bias=True, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        return (Linear(audio_dim, fusion_dim, name="audio_proj", names=(None, "embed"), **lin),
+                Linear(video_dim, fusion_dim, name="video_proj", names=(None, "embed"), **lin),
+                Linear(fusion_dim, k * d_model, name="projector", names=("embed", None), **lin))
+
+    def fusion(self, audio: jax.Array, video: jax.Array, audio_mask: jax.Array, video_mask: jax.Array
+               ) -> jax.Array:
+        """[B, R, D_a], [B, R, D_v], bool [B, R] x2 -> soft tokens [B, R, K, d_model] per feature row.
+
+        joint = [audio ok]·audio_proj(a) + [video ok]·video_proj(v)   (a missing modality adds 0)
+        tokens = projector(joint) reshaped to K tokens of d_model.
+        """
+        a = jnp.where(audio_mask[..., None], self.audio_proj(audio), 0.0)
+        v = jnp.where(video_mask[..., None], self.video_proj(video), 0.0)
+        out = self.projector(a + v)
+        return out.reshape(*out.shape[:-1], self.k, out.shape[-1] // self.k)
+
+
+def _sharded(make, mesh):
+    """Builds small modules (a pytree of them) with their params created directly in their shards."""
+    from merg_jax.sharding import state_shardings
+    abstract = nnx.eval_shape(make)
+    shardings = state_shardings(nnx.state(abstract), mesh)
+    state = jax.jit(lambda: nnx.state(make()), out_shardings=shardings)()
+    return nnx.merge(nnx.graphdef(abstract), state)
