@@ -27,6 +27,12 @@ IDENTITY_MODALITIES = ("audio", "video")
 LATENTS = {"audio": ("S", "P", "I"), "video": ("S", "P", "I"), "text": ("S", "P")}
 
 
+def _schema_profile_classes() -> dict[str, int]:
+    from input_pipeline import schema
+    return {"age": len(schema.PROFILE_AGES), "gender": len(schema.PROFILE_GENDERS),
+            "timbre": len(schema.PROFILE_TIMBRES)}
+
+
 @dataclasses.dataclass(frozen=True)
 class PDRConfig:
     """PDR sizes and loss weights.  The paper gives the architecture but no numbers."""
@@ -47,8 +53,8 @@ class PDRConfig:
     delta2: float = 1.0             # ours: profile cross-entropy (eq. 5)
     triplet_margin: float = 1.0     # ours: margin on Euclidean distances between Z_I
     # Avatar profile attributes -> number of classes (ours: AvaMERG's profile fields).
-    profile_classes: Mapping[str, int] = dataclasses.field(
-        default_factory=lambda: {"age": 3, "gender": 2, "timbre": 4})
+    # Defaults follow input_pipeline.schema's vocabularies (the batch's profile_age/gender/timbre).
+    profile_classes: Mapping[str, int] = dataclasses.field(default_factory=_schema_profile_classes)
 
     def __post_init__(self):
         if set(self.feature_dims) != set(MODALITIES):

@@ -173,7 +173,12 @@ class Trainer:
             ckpt_lib.check_base(meta, self.bases)
             index, stage_step = int(meta["stage_index"]), int(meta["stage_step"])
             try:
-                run = self._setup_stage(index) if 0 < stage_step and index < len(self.stages) else None
+                run = None
+                if 0 < stage_step and index < len(self.stages):
+                    # The stage had started, so its preparation finished before: this only
+                    # re-points the system at the outputs (systems skip work already done).
+                    self.system.prepare_stage(self.stages[index][1], self.model, self.workdir, self.mesh)
+                    run = self._setup_stage(index)
                 abstract = ckpt_lib.abstract_like(self._union_params(None))
                 params, opt_state = self.ckpt.restore(
                     step, abstract, abstract_opt_state=None if run is None else ckpt_lib.abstract_like(run.opt_state),

@@ -1,0 +1,152 @@
+"""Seed 004's MERIA: PDR -> UGF -> soft prompts -> M-CoE LLM -> Response LLM, in three stages.
+
+    python launch/train.py --config=configs/meria.py[:preset] --workdir=DIR
+
+Stages (one module tree; each stage trains a subset selected by path regexes):
+  pdr       PDR alone on the extracted features (eq. 1-5, `pdr_losses`)
+  mcoe      PDR frozen; soft-prompt projectors + M-CoE LLM LoRA, LM loss on the `mcoe`
+            template (five dialogue-level signal slots, K = data.soft_tokens_per_slot each)
+  response  Response LLM LoRA on `mcoe_response`, whose chain of empathy is the gold
+            rendering (response_mcoe="gold") or the M-CoE LLM's greedy output written by
+            the stage's prepare step (response_mcoe="generated")
+
+Ablations (resolved by `merg_jax.systems.meria.resolve_stages` at start-up, so command
+line overrides work):
+  use_pdr=False   no PDR: a per-modality linear map ("adapter/") turns each modality's
+                  features into the S/P(/I) latent layout (log-variance 0, so UGF is a
+                  plain mean); it trains with the projectors; stage `pdr` is dropped
+  use_ugf=False   Z_S^F is the plain mean over present modalities (paper "w/o UGF")
+  use_mcoe=False  no M-CoE stage: the Response LLM gets the five soft-token slots + the
+                  dialogue directly (template `meria_direct`); projectors train with its LoRA
+
+Presets:
+  smoke        SmolLM2-135M-Instruct (model path "") for both LLMs on the synthetic corpus
+               (~200 dialogues); all three stages + evaluation sized for 2 CPU cores
+  qwen3_0p6b   Qwen3-0.6B, LoRA r 16, alpha 32, lr 2e-4, 4 epochs per LLM stage
+  qwen3_8b     Qwen3-8B, same
+  qwen3_32b    Qwen3-32B (the paper's backbone), same
+The Qwen presets need --config.mcoe_model.path=... and --config.response_model.path=...
+(local HF directories or .gguf files; no downloads at run time).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from input_pipeline.config import default_config as pipeline_defaults
+from merg_jax.systems.base import model_defaults
+from merg_jax.train.config import base_config, select_preset, stage
+from merg_jax.train.data import synthetic_defaults
+
+PAPER_LORA = dict(rank=16, alpha=32.0, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
+
+
+def pdr_defaults() -> ml_collections.ConfigDict:
+    """merg_jax.models.pdr.PDRConfig fields (feature_dims come from the data's manifest);
+    the paper gives no sizes or loss weights: all values are ours."""
+    return ml_collections.ConfigDict(dict(latent_dim=32, hidden_dim=256, num_hidden_layers=2, dropout=0.1,
+                                          beta=1e-3, alpha=1.0, gamma=0.01, delta1=1.0, delta2=1.0,
+                                          triplet_margin=1.0))
+
+
+def generation_defaults() -> ml_collections.ConfigDict:
+    """Greedy M-CoE generation before the response stage (response_mcoe='generated')."""
+    return ml_collections.ConfigDict(dict(
+        max_new_tokens=160,       # the gold M-CoE rendering is ~60-120 tokens
+        batch_size=8,
+        splits=("train", "valid", "test"),  # splits present in the manifest are generated
+        limit=0,                  # > 0: only the first `limit` examples per split (debugging)
+        data_dir="",              # "" = WORKDIR/stage_outputs/data, set by the response stage's
+                                  # prepare step; set it to resume a run inside the response stage
+    ))
+
+
+def _common() -> ml_collections.ConfigDict:
+    c = base_config()
+    c.system = "meria"
+    lora = ml_collections.ConfigDict(PAPER_LORA)
+    c.mcoe_model = model_defaults(lora=lora)
+    c.response_model = model_defaults(lora=ml_collections.ConfigDict(PAPER_LORA))
+    c.pdr = pdr_defaults()
+    c.projector = ml_collections.ConfigDict(dict(hidden_dim=0))  # 0 = the LLM's hidden size
+    c.use_pdr = True
+    c.use_ugf = True
+    c.use_mcoe = True
+    c.response_mcoe = "gold"  # gold | generated (M-CoE LLM output, paper stage 3)
+    c.generation = generation_defaults()
+    c.data = pipeline_defaults()
+    c.data.data_dir = "data/synthetic-features"
+    c.data.template = "mcoe"
+    c.data.soft_tokens_per_slot = 4  # K virtual tokens per signal (paper: "fixed-length", no K)
+    c.data.max_utterances = 8
+    c.data.synthetic = synthetic_defaults()
+    c.data.train_split = "train"
+    c.data.eval_split = "valid"
+    c.stages = ml_collections.ConfigDict({
+        "pdr": stage("pdr", trainable=(r"pdr/.*",), epochs=20, learning_rate=1e-3,
+                     data={"template": "mcoe"}),
+        "mcoe": stage("mcoe", trainable=(r"projectors/.*", r"mcoe_llm/.*lora_[ab]"), epochs=4,
+                      data={"template": "mcoe"}),
+        "response": stage("response", trainable=(r"response_llm/.*lora_[ab]",), epochs=4,
+                          data={"template": "mcoe_response"}),
+    })
+    c.stage_order = ("pdr", "mcoe", "response")
+    c.optimizer.learning_rate = 2e-4
+    return c
+
+
+def smoke() -> ml_collections.ConfigDict:
+    c = _common()
+    c.data.global_batch_size = 4
+    c.data.max_utterances = 4
+    c.data.soft_tokens_per_slot = 2
+    c.data.seq_buckets = (256, 384)
+    c.pdr.hidden_dim = 128
+    c.stages.pdr.steps = 60
+    c.stages.mcoe.steps = 25
+    c.stages.response.steps = 25
+    c.optimizer.learning_rate = 1e-3
+    c.checkpoint.every_steps = 50
+    c.log.every_steps = 5
+    c.log.eval_every = 1000  # > the stage lengths: one evaluation at the end of each stage
+    c.log.eval_batches = 4
+    c.generation.max_new_tokens = 96
+    c.generation.limit = 0
+    return c
+
+
+def _paper(hint: str) -> ml_collections.ConfigDict:
+    c = _common()
+    for block in (c.mcoe_model, c.response_model):
+        block.path = ml_collections.config_dict.placeholder(str)  # required: local weights
+        block.path_hint = hint
+        block.dtype = "bfloat16"
+        block.param_dtype = "bfloat16"
+        block.remat = "full"
+    c.projector.hidden_dim = 1024  # keeps the projectors ~1e8 params at d_model 5120
+    c.response_mcoe = "generated"
+    c.data.global_batch_size = 32
+    c.data.max_utterances = 12
+    c.data.seq_buckets = (512, 1024, 2048)
+    c.stages.pdr.epochs = 20
+    c.stages.mcoe.epochs = 4
+    c.stages.response.epochs = 4
+    c.optimizer.learning_rate = 2e-4
+    c.checkpoint.every_steps = 500
+    c.generation.batch_size = 32
+    c.generation.max_new_tokens = 256
+    return c
+
+
+PRESETS = {
+    "smoke": smoke,
+    "qwen3_0p6b": lambda: _paper("Qwen3-0.6B"),
+    "qwen3_8b": lambda: _paper("Qwen3-8B"),
+    "qwen3_32b": lambda: _paper("Qwen3-32B"),
+}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+    name, build = select_preset(PRESETS, preset, "smoke")
+    c = build()
+    c.preset = name
+    return c

@@ -1,0 +1,349 @@
+"""Seed 004's MERIA on the shared runtime (see configs/meria.py for stages, ablations, presets).
+
+One module tree, `MeriaModel`:
+  pdr           PDR: 8 β-VAE encoders, 3 decoders, 2 profile classifiers (models/pdr.py)
+  adapter       only with use_pdr=False: per-modality Linear D_m -> |latents(m)|·L that stands
+                in for the PDR posterior means (log-variance 0); trained with the projectors
+  projectors    MeriaProjectors: the five UGF signals -> K virtual tokens each (d_model of the
+                LLM that reads them: the M-CoE LLM, or the Response LLM with use_mcoe=False)
+  mcoe_llm      CausalLM + LoRA from config.mcoe_model (absent with use_mcoe=False)
+  response_llm  CausalLM + LoRA from config.response_model (always a separate copy)
+
+Soft tokens: the `mcoe` template's <Prefix> holds dialogue-level slots, one per MERIA
+signal (prompts.MERIA_SIGNALS, MODALITY_IDS 4..8) with K = data.soft_tokens_per_slot tokens
+each.  Each slot's value is looked up by (packed segment -soft_utterance-1, signal
+soft_modality-4, token soft_index) in a [B, P, 5, K, E] table built from the PDR/UGF
+signals pooled over the valid utterance rows of the segment, so the splice does not
+depend on the slot order in the prompt.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from merg_jax.models import fusion as fusion_lib
+from merg_jax.models import pdr as pdr_lib
+from merg_jax.models.layers import Linear
+from merg_jax.systems import common
+from merg_jax.systems.base import System, build_llm
+
+log = logging.getLogger(__name__)
+
+SIGNAL_BASE = 4  # prompts.MODALITY_IDS["fused"]; signals 4..8 in fusion.SIGNALS order
+DIRECT_TEMPLATE = "meria_direct"
+GENERATED_DIR = "stage_outputs"
+
+
+# ----------------------------------------------------------------------------- templates
+
+def register_direct_template() -> None:
+    """`meria_direct` (use_mcoe=False): the mcoe prefix slots + dialogue -> emotion + response.
+
+    Registered at import into prompts.TEMPLATES (wording ours) until input_pipeline/prompts.py
+    carries it; a definition already there wins.
+    """
+    from input_pipeline import prompts
+    if DIRECT_TEMPLATE in prompts.TEMPLATES:
+        return
+    prompts.TEMPLATES[DIRECT_TEMPLATE] = prompts.PromptTemplate(
+        name=DIRECT_TEMPLATE,
+        source="MERIA (seed 004) 'w/o M-CoE' ablation: the five PDR/UGF soft-prompt signals + "
+               "the dialogue -> emotion and response, no chain of empathy; wording is ours",
+        prompt="<Prefix>The soft tokens above carry the dialogue's fused emotion, the speakers' "
+               "identity, what only the voice and only the face show, and how much voice and "
+               "face disagree.\n\n" + prompts._CONTEXT
+               + "\nState the speaker's emotion and give an empathetic response.\n",
+        utterance="$role:$text\n",
+        target=("Emotion: $emotion\n", "Response: $response"),
+        prefix=prompts.MERIA_SIGNALS)
+
+
+register_direct_template()
+
+
+# ----------------------------------------------------------------------------- config
+
+def stage_kind(stage: ml_collections.ConfigDict) -> str:
+    kind = stage.get("kind") or stage.name
+    if kind not in ("pdr", "mcoe", "response"):
+        raise ValueError(f"stage {stage.name!r}: MERIA stages are pdr, mcoe, response; set "
+                         "stages.<name>.kind to one of them")
+    return kind
+
+
+def resolve_stages(config: ml_collections.ConfigDict) -> None:
+    """Applies the ablation switches to stage_order / trainables / templates (idempotent)."""
+    with config.unlocked():
+        order = list(config.stage_order)
+        kinds = {n: stage_kind(config.stages[n]) for n in order}
+        if not config.use_pdr:
+            order = [n for n in order if kinds[n] != "pdr"]
+        if not config.use_mcoe:
+            order = [n for n in order if kinds[n] != "mcoe"]
+        soft_stage = next((n for n in order if kinds[n] == ("mcoe" if config.use_mcoe else "response")), None)
+        for n in order:
+            s = config.stages[n]
+            t = list(s.trainable)
+            if n == soft_stage:
+                for rx in ([r"projectors/.*"] + ([] if config.use_pdr else [r"adapter/.*"])):
+                    if rx not in t:
+                        t.append(rx)
+                if not config.use_mcoe:
+                    s.data.template = DIRECT_TEMPLATE
+            s.trainable = tuple(t)
+        config.stage_order = tuple(order)
+
+
+def _pdr_config(config, dims: dict[str, int]) -> pdr_lib.PDRConfig:
+    p = config.pdr
+    return pdr_lib.PDRConfig(feature_dims=dims, latent_dim=int(p.latent_dim), hidden_dim=int(p.hidden_dim),
+                             num_hidden_layers=int(p.num_hidden_layers), dropout=float(p.dropout),
+                             beta=float(p.beta), alpha=float(p.alpha), gamma=float(p.gamma),
+                             delta1=float(p.delta1), delta2=float(p.delta2),
+                             triplet_margin=float(p.triplet_margin))
+
+
+def feature_dims(config) -> dict[str, int]:
+    if config.data.get("feature_dims"):
+        return {m: int(config.data.feature_dims[m]) for m in pdr_lib.MODALITIES}
+    from merg_jax.train.data import manifest
+    dims = manifest(config.data.data_dir).get("feature_dims") or {}
+    missing = [m for m in pdr_lib.MODALITIES if not dims.get(m)]
+    if missing:
+        raise ValueError(f"{config.data.data_dir}/manifest.json has no feature_dims for {missing}; "
+                         "re-run feature extraction or set --config.data.feature_dims")
+    return {m: int(dims[m]) for m in pdr_lib.MODALITIES}
+
+
+# ----------------------------------------------------------------------------- modules
+
+class LinearAdapter(nnx.Module):
+    """use_pdr=False: per-modality Linear D_m -> |LATENTS[m]|·L, split into the S/P(/I) means;
+    log-variance 0 (σ² = 1 everywhere, so UGF's gate is uniform = a plain mean)."""
+
+    def __init__(self, dims: dict[str, int], latent_dim: int, *, rngs: nnx.Rngs):
+        self.maps = nnx.Dict({m: Linear(dims[m], len(pdr_lib.LATENTS[m]) * latent_dim, name=m,
+                                        names=(None, None), use_bias=True, rngs=rngs)
+                              for m in pdr_lib.MODALITIES})
+        self.latent_dim = latent_dim
+
+    def __call__(self, features) -> pdr_lib.PDROutput:
+        latents = {}
+        for m in pdr_lib.MODALITIES:
+            h = self.maps[m](features[m])
+            parts = jnp.split(h, len(pdr_lib.LATENTS[m]), axis=-1)
+            latents[m] = {k: pdr_lib.Latent(mu, jnp.zeros_like(mu), mu)
+                          for k, mu in zip(pdr_lib.LATENTS[m], parts)}
+        return pdr_lib.PDROutput(latents, {}, {})
+
+
+class MeriaModel(nnx.Module):
+    def __init__(self, pdr, adapter, projectors, mcoe_llm, response_llm):
+        self.pdr = pdr
+        self.adapter = adapter
+        self.projectors = projectors
+        self.mcoe_llm = mcoe_llm
+        self.response_llm = response_llm
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def _features(batch) -> tuple[dict, dict]:
+    feats = {m: batch[m].astype(jnp.float32) for m in pdr_lib.MODALITIES}
+    masks = {m: batch[m + "_mask"].astype(bool) for m in pdr_lib.MODALITIES}
+    return feats, masks
+
+
+def soft_table(model: MeriaModel, batch: dict, *, max_utterances: int, use_ugf: bool) -> jax.Array:
+    """[B, P, 5, K, E]: per packed segment, the projected virtual tokens of every signal."""
+    feats, masks = _features(batch)
+    if model.pdr is not None and model.adapter is None:
+        out = model.pdr(feats, deterministic=True)
+        out = jax.tree.map(jax.lax.stop_gradient, out)  # frozen after stage 1
+    else:
+        out = model.adapter(feats)
+    fused = fusion_lib.ugf(out, masks, use_ugf=use_ugf)  # per row [B, P*U, ...]
+    b, rows = batch["audio"].shape[:2]
+    u = max_utterances
+    p = max(1, rows // u)
+    row_mask = masks["audio"] | masks["video"] | masks["text"]
+    seg = lambda x: x.reshape(b, p, rows // p, *x.shape[2:])  # noqa: E731
+    pooled = fusion_lib.pool_fusion(fusion_lib.FusionOutput(*(seg(f) for f in fused)), seg(row_mask))
+    per = model.projectors(pooled)  # signal -> [B, P, K, E]
+    return jnp.stack([per[s] for s in fusion_lib.SIGNALS], axis=2)
+
+
+def soft_values(table: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """Values [B, S, E] for every slot, and the mask [B, S] of the MERIA-signal slots."""
+    _, p, n_sig, k, _ = table.shape
+    mod = batch["soft_modality"] - SIGNAL_BASE
+    seg = jnp.clip(-batch["soft_utterance"] - 1, 0, p - 1)
+    idx = jnp.clip(batch["soft_index"], 0, k - 1)
+    ok = (batch["soft_mask"] > 0) & (mod >= 0) & (mod < n_sig) & (batch["soft_index"] < k)
+    bi = jnp.arange(table.shape[0])[:, None]
+    vals = table[bi, seg, jnp.clip(mod, 0, n_sig - 1), idx]
+    return vals, ok
+
+
+def soft_embeds(model: MeriaModel, llm, batch: dict, *, max_utterances: int, use_ugf: bool) -> jax.Array:
+    """The token embeddings of input_ids with the virtual tokens spliced at the slots."""
+    table = soft_table(model, batch, max_utterances=max_utterances, use_ugf=use_ugf)
+    vals, ok = soft_values(table, batch)
+    emb = llm.embed(batch["input_ids"])
+    return common.splice(emb, batch["soft_positions"], ok, vals)
+
+
+# ----------------------------------------------------------------------------- system
+
+class Meria(System):
+    name = "meria"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._bases: dict[str, dict] = {}
+
+    def validate(self) -> None:
+        c = self.config
+        if c.response_mcoe not in ("gold", "generated"):
+            raise ValueError(f"response_mcoe={c.response_mcoe!r}; use 'gold' (annotated M-CoE) or "
+                             "'generated' (the M-CoE LLM's output, paper stage 3)")
+        if c.response_mcoe == "generated" and not c.use_mcoe:
+            raise ValueError("response_mcoe='generated' needs use_mcoe=True (there is no M-CoE LLM); "
+                             "set --config.response_mcoe=gold or use_mcoe=True")
+        if c.data.get("packing"):
+            raise ValueError("data.packing is not supported by MERIA (the LLMs have no segment "
+                             "masking); set --config.data.packing=False")
+        resolve_stages(c)
+        from input_pipeline import prompts
+        for n in c.stage_order:
+            s = c.stages[n]
+            kind = stage_kind(s)
+            tmpl = prompts.TEMPLATES[s.data.get("template") or c.data.template]
+            soft = kind == "mcoe" or (kind == "response" and not c.use_mcoe)
+            if soft and tuple(tmpl.prefix) != tuple(prompts.MERIA_SIGNALS):
+                raise ValueError(f"stages.{n}.data.template={tmpl.name!r} lacks the MERIA signal "
+                                 f"prefix {prompts.MERIA_SIGNALS}; use 'mcoe' (or '{DIRECT_TEMPLATE}')")
+            if kind == "response" and c.use_mcoe and tmpl.modalities:
+                raise ValueError(f"stages.{n}.data.template={tmpl.name!r} has soft slots; the "
+                                 "response stage reads text only: use 'mcoe_response'")
+
+    # -- build ---------------------------------------------------------------
+    def build(self, mesh) -> nnx.Module:
+        c = self.config
+        dims = feature_dims(c)
+        pcfg = _pdr_config(c, dims)
+        rngs = nnx.Rngs(int(c.seed))
+        pdr = pdr_lib.PDR(pcfg, rngs=rngs)
+        adapter = None if c.use_pdr else LinearAdapter(dims, pcfg.latent_dim, rngs=rngs)
+        mcoe_llm = None
+        if c.use_mcoe:
+            mcoe_llm, self._bases["mcoe_llm"] = build_llm(c.mcoe_model, mesh, int(c.seed))
+        response_llm, self._bases["response_llm"] = build_llm(c.response_model, mesh, int(c.seed) + 1)
+        reader = mcoe_llm if c.use_mcoe else response_llm
+        k = int(c.data.soft_tokens_per_slot)
+        proj_cfg = fusion_lib.ProjectorConfig(d_model=reader.config.hidden_size,
+                                              hidden_dim=int(c.projector.hidden_dim) or None,
+                                              tokens={s: k for s in fusion_lib.SIGNALS})
+        projectors = fusion_lib.MeriaProjectors(proj_cfg, pcfg.latent_dim, rngs=rngs)
+        self.pdr_config = pcfg
+        return MeriaModel(pdr, adapter, projectors, mcoe_llm, response_llm)
+
+    def bases(self) -> dict[str, dict]:
+        return dict(self._bases)
+
+    # -- data ----------------------------------------------------------------
+    def data_config(self, stage, split, *, train):
+        c = self.config
+        view = common.data_view(c, stage, split, train=train)
+        kind = stage_kind(stage)
+        with view.unlocked():
+            if not view.tokenizer_path:
+                m = c.response_model if kind == "response" else (c.mcoe_model if c.use_mcoe
+                                                                 else c.response_model)
+                view.tokenizer_path = m.path or ""
+            if kind == "response" and c.use_mcoe and c.response_mcoe == "generated":
+                view.data_dir = self._generated_data_dir(split)
+        return view
+
+    def _generated_data_dir(self, split: str) -> str:
+        d = getattr(self, "_gen_dir", None) or self.config.generation.get("data_dir") or None
+        if d is None:
+            raise ValueError("response_mcoe='generated': the response stage's data is written by "
+                             "its prepare step (Meria.prepare_stage), which has not run in this process")
+        return d
+
+    def prepare_stage(self, stage, model, workdir, mesh) -> None:
+        c = self.config
+        if stage_kind(stage) != "response" or not c.use_mcoe or c.response_mcoe != "generated":
+            return
+        from merg_jax.systems import meria_generate
+        self._gen_dir = meria_generate.prepare_generated_data(self, stage, model, workdir, mesh)
+
+    # -- loss ----------------------------------------------------------------
+    def loss(self, model, batch, key, stage, *, train):
+        kind = stage_kind(stage)
+        c = self.config
+        if kind == "pdr":
+            return self._pdr_loss(model, batch, key, train)
+        if kind == "mcoe" or not c.use_mcoe:
+            llm = model.mcoe_llm if kind == "mcoe" else model.response_llm
+            emb = soft_embeds(model, llm, batch, max_utterances=int(c.data.max_utterances),
+                              use_ugf=bool(c.use_ugf))
+            out = llm(inputs_embeds=emb, attention_mask=batch["attention_mask"], positions=batch["positions"],
+                      dropout_key=key if train else None)
+        else:
+            out = model.response_llm(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     positions=batch["positions"], dropout_key=key if train else None)
+        return common.lm_loss(out.logits, batch["targets"], batch["loss_mask"])
+
+    def _pdr_loss(self, model, batch, key, train):
+        feats, masks = _features(batch)
+        deterministic = not train or key is None
+        out = model.pdr(feats, key=None if deterministic else key, deterministic=deterministic)
+        labels = {a: batch[f"profile_{a}"] for a in model.pdr.cfg.profile_classes if f"profile_{a}" in batch}
+        total, terms = pdr_lib.pdr_losses(model.pdr.cfg, out, feats, masks,
+                                          speaker_ids=batch.get("speaker_ids"), profile_labels=labels)
+        rows = (masks["audio"] | masks["video"] | masks["text"]).astype(jnp.float32).sum()
+        aux = {k: terms[k] for k in ("recon", "kl", "align", "ortho", "triplet", "cls")}
+        # "token_accuracy": profile-attribute accuracy of the audio identity classifier (a probe).
+        hits = n = jnp.zeros((), jnp.float32)
+        for a, lab in labels.items():
+            known = masks["audio"] & (lab >= 0)
+            pred = jnp.argmax(out.profile_logits["audio"][a], axis=-1)
+            hits += jnp.sum((pred == lab) & known)
+            n += jnp.sum(known)
+        aux.update(tokens=rows, token_accuracy=hits / jnp.maximum(n, 1.0), nll_sum=total * rows)
+        return total, aux
+
+    def step_flops(self, model, batch_shape, stage) -> float:
+        kind = stage_kind(stage)
+        if kind == "pdr":
+            return 0.0
+        llm = model.mcoe_llm if kind == "mcoe" else model.response_llm
+        return common.llm_step_flops(llm, batch_shape, frozen_base=True)
+
+    def llm(self, model, which: str = "response"):
+        if which == "mcoe":
+            if model.mcoe_llm is None:
+                raise ValueError("this MERIA run has no M-CoE LLM (use_mcoe=False)")
+            return model.mcoe_llm
+        return model.response_llm
+
+
+def read_generated(path: str) -> dict[str, str]:
+    out = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                out.update(json.loads(line))
+    return out
+
+
+def generated_path(workdir: str, split: str) -> str:
+    return os.path.join(workdir, GENERATED_DIR, f"mcoe_{split}.jsonl")
