@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -79,3 +81,59 @@ def split_emotion_response(text: str) -> tuple[str, str]:
     resp = re.search(r"Response:\s*(.*)", text, flags=re.S)
     return (emo.group(1).strip() if emo else "",
             (resp.group(1) if resp else text if not emo else "").strip())
+
+
+class FeatureNorm:
+    """Per-dimension standardisation of the extracted features, from the training split.
+
+    Raw extractor outputs live on very different scales (prosody in Hz, up to ~7e3;
+    face statistics in [0, 8]; unit-norm sentence embeddings), which makes an
+    unnormalised β-VAE or projector diverge on its first step.  The statistics are
+    computed once from the present rows of the train split (deterministic, so a
+    restored run recomputes the same values) and kept out of the optimizer.
+    """
+
+    def __init__(self, stats: dict[str, tuple[np.ndarray, np.ndarray]]):
+        self.stats = {m: (jnp.asarray(mu), jnp.asarray(sd)) for m, (mu, sd) in stats.items()}
+
+    def __call__(self, modality: str, x: jax.Array) -> jax.Array:
+        if modality not in self.stats:
+            return x
+        mu, sd = self.stats[modality]
+        return (x - mu) / sd
+
+    @classmethod
+    def from_data(cls, data_dir: str, split: str = "train", modalities=("audio", "video", "text"),
+                  max_records: int = 5000) -> "FeatureNorm":
+        from array_record.python.array_record_module import ArrayRecordReader
+
+        from input_pipeline import records
+        from input_pipeline.config import shard_files
+        sums: dict[str, list] = {}
+        seen = 0
+        for path in shard_files(data_dir, split):
+            reader = ArrayRecordReader(path)
+            for i in range(reader.num_records()):
+                if seen >= max_records:
+                    break
+                rec = records.decode(reader.read([i])[0])
+                seen += 1
+                for m in modalities:
+                    x = np.asarray(rec["features"].get(m), np.float64)
+                    mask = np.asarray(rec["feature_mask"].get(m), bool)
+                    if x.ndim != 2 or not mask.any():
+                        continue
+                    rows = x[mask]
+                    acc = sums.setdefault(m, [0.0, 0.0, 0])
+                    acc[0] = acc[0] + rows.sum(0)
+                    acc[1] = acc[1] + (rows ** 2).sum(0)
+                    acc[2] += len(rows)
+            reader.close()
+        if not sums:
+            raise ValueError(f"no feature rows in {data_dir} split {split!r} to normalise with")
+        stats = {}
+        for m, (s1, s2, n) in sums.items():
+            mu = s1 / n
+            sd = np.sqrt(np.maximum(s2 / n - mu ** 2, 0.0))
+            stats[m] = (mu.astype(np.float32), np.where(sd > 1e-6, sd, 1.0).astype(np.float32))
+        return cls(stats)

@@ -84,6 +84,8 @@ class EarlyFusion(System):
             if dims.get(m, 0) < 1:
                 raise ValueError(f"early fusion needs {m} features but the data has width {dims.get(m)}; "
                                  "extract them or set data.feature_dims")
+        self._norm = common.FeatureNorm.from_data(self.config.data.data_dir,
+                                                  self.config.data.get("train_split", "train"))
         k = int(self.config.data.soft_tokens_per_slot)
         linears = _sharded(lambda: EarlyFusionModel.make_linears(
             dims["audio"], dims["video"], int(self.config.model.fusion_dim), k, llm.config.hidden_size,
@@ -97,6 +99,7 @@ class EarlyFusion(System):
         return common.data_view(self.config, stage, split, train=train)
 
     def loss(self, model, batch, key, stage, *, train):
+        batch = dict(batch, audio=self._norm("audio", batch["audio"]), video=self._norm("video", batch["video"]))
         embeds = soft_embeds(model, batch)
         out = model.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                         positions=batch["positions"], dropout_key=key if train else None)
