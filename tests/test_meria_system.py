@@ -143,7 +143,9 @@ def test_soft_tokens_land_at_slot_positions(built):
     placeholder = prompts.PromptBuilder("mcoe", config.data.tokenizer_path, max_length=8,
                                         max_utterances=1).ids["placeholder"]
     # Hand-built expectation: PDR means -> UGF per row -> mean over valid rows -> projectors.
-    feats = {m: b[m] for m in ("audio", "video", "text")}
+    from merg_jax.systems.common import FeatureNorm
+    norm = FeatureNorm.from_data(config.data.data_dir)
+    feats = {m: norm(m, b[m]) for m in ("audio", "video", "text")}  # standardised features
     masks = {m: b[m + "_mask"] for m in ("audio", "video", "text")}
     out = model.pdr(feats, deterministic=True)
     fu = fusion.ugf(out, masks)
@@ -273,3 +275,75 @@ def test_paper_presets_require_weights():
         assert c.optimizer.learning_rate == 2e-4 and c.stages.mcoe.epochs == 4
         with pytest.raises(ValueError, match="mcoe_model.path"):
             validate(c)
+
+
+def test_predict_chain_then_response_lines_up_with_batch(built):
+    """predict(): per real example, the chain is greedy_decode's continuation of that example's
+    soft prompt, and the response LLM's prompt is mcoe_response with that chain inserted."""
+    from input_pipeline.prompts import PromptBuilder
+    from merg_jax.generation import SamplingConfig
+    from merg_jax.systems import meria_generate
+    config, system, model = built
+    assert system.eval_stage().name == "mcoe"
+    batch = _batch(config, "mcoe", split="valid", include_target=False, global_batch_size=3)
+    assert list(batch["example_mask"]) == [1, 1, 1]
+    batch["example_mask"] = np.asarray([1, 0, 1], batch["example_mask"].dtype)  # one padding row
+    tok = PromptBuilder("mcoe_response", config.data.tokenizer_path, max_length=8, max_utterances=1).tokenizer
+    system._last_view = (config.data.data_dir, "valid")
+    rows = system.predict(model, batch, tok, max_new_tokens=4)
+    assert len(rows) == 2 and all(set(r) == {"generated_chain", "response", "predicted_emotion", "raw"}
+                                  for r in rows)
+    eos = meria_generate.eos_ids_for(tok, model.mcoe_llm)
+    ids = meria_generate.greedy_decode(model, _dev(batch), max_new_tokens=4, eos_ids=jnp.asarray(eos),
+                                       pad_id=int(tok.pad_token_id), max_utterances=U, use_ugf=True)
+    chains = meria_generate.decode_rows(ids, tok, eos)
+    assert [r["generated_chain"] for r in rows] == [chains[0], chains[2]]
+    recs = system._eval_records(config.data.data_dir, "valid")
+    for r, i in zip(rows, (0, 2)):
+        rec = dict(recs[str(batch["example_id"][i])], generated_mcoe=r["generated_chain"])
+        prompt = system._response_builder("valid").build(rec).tokens.tolist()
+        if r["generated_chain"]:
+            assert tok.decode(prompt).count(r["generated_chain"]) == 1
+        raw = system._resp_generator[2].generate_ids([prompt], SamplingConfig(max_new_tokens=4)).texts[0]
+        assert r["raw"] == raw
+
+
+def test_predict_without_mcoe_decodes_from_soft_tokens(assets):
+    from input_pipeline.prompts import PromptBuilder
+    from merg_jax.systems import meria_generate
+    config = _config(assets, use_mcoe=False)
+    system, model, _ = _built(config)
+    assert system.eval_stage().name == "response"
+    batch = _batch(config, "response", split="valid", include_target=False)
+    tok = PromptBuilder("meria_direct", config.data.tokenizer_path, max_length=8, max_utterances=1).tokenizer
+    rows = system.predict(model, batch, tok, max_new_tokens=3)
+    eos = meria_generate.eos_ids_for(tok, model.response_llm)
+    ids = meria_generate.greedy_decode(model, _dev(batch), max_new_tokens=3, eos_ids=jnp.asarray(eos),
+                                       pad_id=int(tok.pad_token_id), max_utterances=U, use_ugf=True,
+                                       llm=model.response_llm)
+    assert [r["raw"] for r in rows] == meria_generate.decode_rows(ids, tok, eos)
+    assert all(r["generated_chain"] == "" for r in rows)
+
+
+def test_feature_norm_uses_present_train_rows(built):
+    """Mean / std per dimension over the present rows of every train record (numpy by hand)."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    from input_pipeline import records
+    from input_pipeline.config import shard_files
+    config, _, model = built
+    rows = {m: [] for m in ("audio", "video", "text")}
+    for path in shard_files(config.data.data_dir, "train"):
+        r = ArrayRecordReader(path)
+        for i in range(r.num_records()):
+            rec = records.decode(r.read([i])[0])
+            for m in rows:
+                x, keep = np.asarray(rec["features"][m]), np.asarray(rec["feature_mask"][m], bool)
+                rows[m].extend(x[keep])
+        r.close()
+    for m, xs in rows.items():
+        xs = np.asarray(xs, np.float64)
+        np.testing.assert_allclose(np.asarray(model.norm.__getattribute__(f"{m}_mean")[...]), xs.mean(0), atol=1e-5)
+        sd = xs.std(0)
+        np.testing.assert_allclose(np.asarray(model.norm.__getattribute__(f"{m}_std")[...]),
+                                   np.where(sd > 1e-6, sd, 1.0), rtol=1e-4)

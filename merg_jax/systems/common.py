@@ -8,6 +8,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import nnx
 
 from input_pipeline.config import default_config as pipeline_defaults
 
@@ -137,3 +138,23 @@ class FeatureNorm:
             sd = np.sqrt(np.maximum(s2 / n - mu ** 2, 0.0))
             stats[m] = (mu.astype(np.float32), np.where(sd > 1e-6, sd, 1.0).astype(np.float32))
         return cls(stats)
+
+
+class FeatureStat(nnx.Variable):
+    """A fixed statistic: carried with the model (and through jit as frozen state), never trained."""
+
+
+class FeatureNormModule(nnx.Module):
+    """`FeatureNorm` as part of a model tree, for systems whose modules read raw features."""
+
+    def __init__(self, norm: FeatureNorm):
+        self.modalities = tuple(sorted(norm.stats))
+        for m in self.modalities:
+            mu, sd = norm.stats[m]
+            setattr(self, f"{m}_mean", FeatureStat(mu))
+            setattr(self, f"{m}_std", FeatureStat(sd))
+
+    def __call__(self, modality: str, x: jax.Array) -> jax.Array:
+        if modality not in self.modalities:
+            return x
+        return (x - getattr(self, f"{modality}_mean")[...]) / getattr(self, f"{modality}_std")[...]

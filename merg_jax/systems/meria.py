@@ -144,7 +144,8 @@ class LinearAdapter(nnx.Module):
 
 
 class MeriaModel(nnx.Module):
-    def __init__(self, pdr, adapter, projectors, mcoe_llm, response_llm):
+    def __init__(self, pdr, adapter, projectors, mcoe_llm, response_llm, norm=None):
+        self.norm = norm  # common.FeatureNormModule: fixed train-split feature statistics
         self.pdr = pdr
         self.adapter = adapter
         self.projectors = projectors
@@ -154,15 +155,19 @@ class MeriaModel(nnx.Module):
 
 # ----------------------------------------------------------------------------- pieces
 
-def _features(batch) -> tuple[dict, dict]:
+def _features(batch, model=None) -> tuple[dict, dict]:
+    """Standardised features (train-split statistics) and presence masks."""
+    norm = getattr(model, "norm", None)
     feats = {m: batch[m].astype(jnp.float32) for m in pdr_lib.MODALITIES}
+    if norm is not None:
+        feats = {m: norm(m, x) for m, x in feats.items()}
     masks = {m: batch[m + "_mask"].astype(bool) for m in pdr_lib.MODALITIES}
     return feats, masks
 
 
 def soft_table(model: MeriaModel, batch: dict, *, max_utterances: int, use_ugf: bool) -> jax.Array:
     """[B, P, 5, K, E]: per packed segment, the projected virtual tokens of every signal."""
-    feats, masks = _features(batch)
+    feats, masks = _features(batch, model)
     if model.pdr is not None and model.adapter is None:
         out = model.pdr(feats, deterministic=True)
         out = jax.tree.map(jax.lax.stop_gradient, out)  # frozen after stage 1
@@ -252,7 +257,11 @@ class Meria(System):
                                               tokens={s: k for s in fusion_lib.SIGNALS})
         projectors = fusion_lib.MeriaProjectors(proj_cfg, pcfg.latent_dim, rngs=rngs)
         self.pdr_config = pcfg
-        return MeriaModel(pdr, adapter, projectors, mcoe_llm, response_llm)
+        norm = None
+        if c.data.get("normalize_features", True):
+            norm = common.FeatureNormModule(common.FeatureNorm.from_data(
+                c.data.data_dir, c.data.get("train_split", "train")))
+        return MeriaModel(pdr, adapter, projectors, mcoe_llm, response_llm, norm)
 
     def bases(self) -> dict[str, dict]:
         return dict(self._bases)
@@ -269,6 +278,8 @@ class Meria(System):
                 view.tokenizer_path = m.path or ""
             if kind == "response" and c.use_mcoe and c.response_mcoe == "generated":
                 view.data_dir = self._generated_data_dir(split)
+        if not train:
+            self._last_view = (view.data_dir, split)  # predict() reads raw records from here
         return view
 
     def _generated_data_dir(self, split: str) -> str:
@@ -303,7 +314,7 @@ class Meria(System):
         return common.lm_loss(out.logits, batch["targets"], batch["loss_mask"])
 
     def _pdr_loss(self, model, batch, key, train):
-        feats, masks = _features(batch)
+        feats, masks = _features(batch, model)
         deterministic = not train or key is None
         out = model.pdr(feats, key=None if deterministic else key, deterministic=deterministic)
         labels = {a: batch[f"profile_{a}"] for a in model.pdr.cfg.profile_classes if f"profile_{a}" in batch}
@@ -327,6 +338,138 @@ class Meria(System):
             return 0.0
         llm = model.mcoe_llm if kind == "mcoe" else model.response_llm
         return common.llm_step_flops(llm, batch_shape, frozen_base=True)
+
+    # -- evaluation ----------------------------------------------------------
+    def eval_stage(self):
+        """The view evaluation iterates: the M-CoE LLM's prompt (soft slots + dialogue); with
+        use_mcoe=False the response stage's `meria_direct` prompt."""
+        c = self.config
+        want = "mcoe" if c.use_mcoe else "response"
+        name = next((n for n in c.stage_order if stage_kind(c.stages[n]) == want), None)
+        if name is None:
+            raise ValueError(f"MERIA evaluation needs a {want} stage in stage_order")
+        return c.stages[name]
+
+    def _soft_decoder(self, model, llm_name: str, view, max_new_tokens: int):
+        """(jitted greedy decoder over soft-prompt batches, its tokenizer, its EOS ids), cached."""
+        from flax import nnx
+
+        from input_pipeline.prompts import PromptBuilder
+        from merg_jax.systems import meria_generate
+        key = (id(model), llm_name, view.template, view.tokenizer_path, int(max_new_tokens))
+        cache = self.__dict__.setdefault("_decoders", {})
+        hit = cache.get(key)
+        if hit is not None and hit[0] is model:
+            return hit[1:]
+        builder = PromptBuilder(view.template, view.tokenizer_path or meria_generate._default_tokenizer(),
+                                max_length=2, max_utterances=1)
+        llm = getattr(model, llm_name)
+        eos = meria_generate.eos_ids_for(builder.tokenizer, llm)
+        eos_arr, pad_id = jnp.asarray(eos, jnp.int32), builder.ids["pad"]
+        graphdef, state = nnx.split(model)
+        c = self.config
+
+        @jax.jit
+        def run(state, batch):
+            m = nnx.merge(graphdef, state)
+            return meria_generate.greedy_decode(
+                m, batch, max_new_tokens=int(max_new_tokens), eos_ids=eos_arr, pad_id=pad_id,
+                max_utterances=int(c.data.max_utterances), use_ugf=bool(c.use_ugf), llm=getattr(m, llm_name))
+
+        fn = lambda batch: run(state, batch)  # noqa: E731
+        cache.clear()
+        cache[key] = (model, fn, builder.tokenizer, eos)
+        return fn, builder.tokenizer, eos
+
+    def _eval_records(self, data_dir: str, split: str) -> dict[str, dict]:
+        """example_id -> raw record of data_dir/split (cached per (data_dir, split))."""
+        from array_record.python.array_record_module import ArrayRecordReader
+
+        from input_pipeline import records
+        from input_pipeline.config import shard_files
+        cache = self.__dict__.setdefault("_records", {})
+        key = (os.path.abspath(data_dir), split)
+        if key not in cache:
+            out = {}
+            for path in shard_files(data_dir, split):
+                reader = ArrayRecordReader(path)
+                for i in range(reader.num_records()):
+                    rec = records.decode(reader.read([i])[0])
+                    out[str(rec.get("example_id", ""))] = rec
+                reader.close()
+            cache[key] = out
+        return cache[key]
+
+    def _response_builder(self, split: str):
+        """PromptBuilder of the response stage's text prompt (`mcoe_response`), prompt only."""
+        from input_pipeline.prompts import PromptBuilder
+        from merg_jax.systems import meria_generate
+        c = self.config
+        stage = next(c.stages[n] for n in c.stage_order if stage_kind(c.stages[n]) == "response")
+        v = common.data_view(c, stage, split, train=False)
+        tok = v.tokenizer_path or c.response_model.path or meria_generate._default_tokenizer()
+        key = (v.template, tok, tuple(v.seq_buckets), int(v.max_utterances), bool(v.chat_template),
+               v.system_prompt, v.placeholder_token)
+        hit = getattr(self, "_resp_builder", None)
+        if hit is None or hit[0] != key:
+            b = PromptBuilder(v.template, tok, max_length=int(v.seq_buckets[-1]),
+                              max_utterances=int(v.max_utterances), chat_template=v.chat_template,
+                              system_prompt=v.system_prompt, placeholder_token=v.placeholder_token,
+                              include_target=False)
+            self._resp_builder = hit = (key, b)
+        return hit[1]
+
+    def predict(self, model, batch, tokenizer, *, max_new_tokens):
+        """MERIA inference on a prompt-only batch of the eval view (see eval_stage).
+
+        use_mcoe: soft prompts -> M-CoE LLM greedily generates the chain -> the Response LLM
+        reads it + the dialogue (`mcoe_response`) and generates 'Emotion: X\nResponse: Y'.
+        use_mcoe=False: the Response LLM decodes from the soft tokens + dialogue directly.
+        The batch carries no raw records: they are read by example_id from the data dir/split
+        of the last non-train data view built (evaluation builds it just before iterating),
+        falling back to every split of that data dir."""
+        import numpy as np
+
+        from merg_jax.generation import Generator, SamplingConfig
+        from merg_jax.systems import meria_generate
+        c = self.config
+        keep = [bool(k) for k in batch["example_mask"]]
+        ids = [str(x) for x in batch["example_id"]]
+        dev = {k: jnp.asarray(v) for k, v in batch.items() if np.asarray(v).dtype.kind not in "USO"}
+        data_dir, split = getattr(self, "_last_view", None) or (c.data.data_dir, "test")
+        view = self.data_config(self.eval_stage(), split, train=False)
+        self._last_view = (data_dir, split)  # data_config above must not move it
+        llm_name = "mcoe_llm" if c.use_mcoe else "response_llm"
+        fn, tok, eos = self._soft_decoder(model, llm_name, view, max_new_tokens)
+        texts = meria_generate.decode_rows(fn(dev), tok, eos)
+        texts = [t for t, k in zip(texts, keep) if k]
+        if not c.use_mcoe:
+            raws, chains = texts, [""] * len(texts)
+        else:
+            recs = self._eval_records(data_dir, split)
+            want = [e for e, k in zip(ids, keep) if k]
+            if any(e not in recs for e in want):
+                from merg_jax.train.data import manifest
+                for s in manifest(data_dir).get("splits", {}):
+                    recs = {**self._eval_records(data_dir, s), **recs}
+            builder = self._response_builder(split)
+            prompts = []
+            for e, chain in zip(want, texts):
+                if e not in recs:
+                    raise KeyError(f"example {e!r} is not in {data_dir}")
+                prompts.append(builder.build(dict(recs[e], generated_mcoe=chain)).tokens.tolist())
+            gen = getattr(self, "_resp_generator", None)
+            if gen is None or gen[0] is not model or gen[1] is not tokenizer:
+                self._resp_generator = gen = (model, tokenizer, Generator(model.response_llm, tokenizer))
+            raws = gen[2].generate_ids(prompts, SamplingConfig(max_new_tokens=max_new_tokens)).texts \
+                if prompts else []
+            chains = texts
+        rows = []
+        for chain, raw in zip(chains, raws):
+            emotion, response = common.split_emotion_response(raw)
+            rows.append({"generated_chain": chain, "response": response, "predicted_emotion": emotion,
+                         "raw": raw})
+        return rows
 
     def llm(self, model, which: str = "response"):
         if which == "mcoe":

@@ -36,12 +36,14 @@ def _head(llm, h: jax.Array) -> jax.Array:
 
 
 def greedy_decode(model, batch: dict, *, max_new_tokens: int, eos_ids: jax.Array, pad_id: int,
-                  max_utterances: int, use_ugf: bool) -> jax.Array:
+                  max_utterances: int, use_ugf: bool, llm=None) -> jax.Array:
     """Greedy continuation [B, max_new_tokens] of right-padded prompts with soft slots (traceable).
 
-    The prompt's padding stays in the cache masked out, so each row continues from its own
-    last real token with positions = its count of real tokens (as in training)."""
-    llm = model.mcoe_llm
+    `llm` is the LLM that reads the soft tokens (default the M-CoE LLM; the Response LLM with
+    use_mcoe=False).  The prompt's padding stays in the cache masked out, so each row
+    continues from its own last real token with positions = its count of real tokens (as in
+    training)."""
+    llm = model.mcoe_llm if llm is None else llm
     emb = meria_lib.soft_embeds(model, llm, batch, max_utterances=max_utterances, use_ugf=use_ugf)
     mask = batch["attention_mask"]
     b, length = mask.shape
@@ -68,6 +70,28 @@ def greedy_decode(model, batch: dict, *, max_new_tokens: int, eos_ids: jax.Array
 
     _, buf, _, _ = jax.lax.while_loop(cond, body, (out.cache, buf, done, jnp.asarray(1, jnp.int32)))
     return buf
+
+
+def eos_ids_for(tok, llm) -> list[int]:
+    """The tokenizer's EOS plus the model config's EOS id(s)."""
+    eos = {int(tok.eos_token_id)}
+    e = llm.config.eos_token_id
+    eos.update(e if isinstance(e, (list, tuple)) else ([e] if e is not None else []))
+    return sorted(eos)
+
+
+def decode_rows(ids, tok, eos) -> list[str]:
+    """Token rows [B, N] -> texts, each cut at its first EOS."""
+    eos = set(int(e) for e in eos)
+    texts = []
+    for r in np.asarray(ids).tolist():
+        row = []
+        for t in r:
+            if t in eos:
+                break
+            row.append(t)
+        texts.append(tok.decode(row, skip_special_tokens=True).strip())
+    return texts
 
 
 def generate_split(system, stage_mcoe, model, split: str, mesh) -> dict[str, str]:
