@@ -142,7 +142,7 @@ class Trainer:
         tx, sched = optim.make_optimizer(opt_cfg, params, steps, lr=s.get("learning_rate") or None)
         rep = NamedSharding(self.mesh, PartitionSpec())
         # Moments follow their parameters' shardings; scalars (step counts) are replicated.
-        opt_state = jax.tree.map(lambda x: x if len(x.sharding.device_set) == self.mesh.size
+        opt_state = jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == self.mesh
                                  else jax.device_put(x, rep), jax.jit(tx.init)(params))
         from input_pipeline.pipeline import make_iterator
         iterator = make_iterator(data_cfg)
@@ -287,7 +287,8 @@ class Trainer:
         for i, batch in enumerate(make_iterator(cfg)):
             if c.eval_batches and i >= c.eval_batches:
                 break
-            n, t = evaluate(run.params, run.rest, to_global(batch, self.mesh))
+            with jax.set_mesh(self.mesh):
+                n, t = evaluate(run.params, run.rest, to_global(batch, self.mesh))
             nll, tokens = nll + float(n), tokens + float(t)
         loss = nll / max(tokens, 1.0)
         self.writer.write_scalars(step, {f"{run.name}/eval_loss": loss, f"{run.name}/eval_ppl": math.exp(min(loss, 50))})
@@ -370,8 +371,9 @@ class Trainer:
                 flops = self.system.step_flops(self.model, tuple(batch["input_ids"].shape), run.cfg) * \
                     jax.process_count()
             key = jax.random.fold_in(key0, step)
-            run.params, run.opt_state, metrics = step_fn(run.params, run.opt_state, run.rest, gbatch, key,
-                                                         jnp.asarray(stage_step, jnp.int32))
+            with jax.set_mesh(self.mesh):  # the models' logical sharding constraints resolve against it
+                run.params, run.opt_state, metrics = step_fn(run.params, run.opt_state, run.rest, gbatch, key,
+                                                             jnp.asarray(stage_step, jnp.int32))
             step, stage_step = step + 1, stage_step + 1
             if pending is not None:
                 last = finish(pending)
