@@ -97,6 +97,29 @@ _MCOE_TARGET = (
     "Goal to response: $goal_to_response",
 )
 
+# seed 000 Listing 1 (instruction, example and task verbatim; the PDF's line wraps inside
+# sentences removed), shared by the early-fusion and the text-only template.
+_LISTING1 = ("### INSTRUCTIONS ###\n"
+    "Continue the conversation by generating **only the next line** spoken by the "
+    "indicated character.\n"
+    "Your response must be empathetic, showing understanding or emotional "
+    "attunement to the preceding dialogue.\n\n"
+    "### EXAMPLE ###\n\n"
+    "==== DIALOGUE HISTORY ===\n"
+    "Rachel: Hey!\nRoss: Hi!\nRachel: What are you doing here?\n"
+    "Ross: Ah y'know, this building is on my paper route so I...\n"
+    "Rachel: Oh.\nRoss: Hi.\nRachel: Hi.\nRoss: How'd did it go?\n"
+    "Rachel: Oh well, the woman I interviewed with was pretty tough, but y'know "
+    "thank God Mark coached me, because once I started talking about the fall "
+    "line, she got all happy and wouldn't shut up.\n"
+    "Ross:\n\n"
+    "==== RESPONSE ===\n"
+    "That sounds like a huge relief.\n\n"
+    "### TASK ###\n\n"
+    "==== DIALOGUE HISTORY ===\n"
+    "$history$next_speaker:\n\n"
+    "==== RESPONSE ===\n")
+
 TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (
     PromptTemplate(
         name="coe",
@@ -148,26 +171,7 @@ TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (
         name="early_fusion",
         source="seed 000 Listing 1 (instruction, example and task verbatim; the PDF's line "
                "wraps inside sentences removed); joint audio-visual soft prompt prepended",
-        prompt="<Prefix>### INSTRUCTIONS ###\n"
-               "Continue the conversation by generating **only the next line** spoken by the "
-               "indicated character.\n"
-               "Your response must be empathetic, showing understanding or emotional "
-               "attunement to the preceding dialogue.\n\n"
-               "### EXAMPLE ###\n\n"
-               "==== DIALOGUE HISTORY ===\n"
-               "Rachel: Hey!\nRoss: Hi!\nRachel: What are you doing here?\n"
-               "Ross: Ah y'know, this building is on my paper route so I...\n"
-               "Rachel: Oh.\nRoss: Hi.\nRachel: Hi.\nRoss: How'd did it go?\n"
-               "Rachel: Oh well, the woman I interviewed with was pretty tough, but y'know "
-               "thank God Mark coached me, because once I started talking about the fall "
-               "line, she got all happy and wouldn't shut up.\n"
-               "Ross:\n\n"
-               "==== RESPONSE ===\n"
-               "That sounds like a huge relief.\n\n"
-               "### TASK ###\n\n"
-               "==== DIALOGUE HISTORY ===\n"
-               "$history$next_speaker:\n\n"
-               "==== RESPONSE ===\n",
+        prompt="<Prefix>" + _LISTING1,
         utterance="$role: $text\n",
         target=("$response",),
         prefix=("audio_video",),
@@ -175,28 +179,9 @@ TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (
     PromptTemplate(
         name="listing1",
         source="seed 000 Listing 1, text only (the text baseline of seed 000)",
-        prompt="### INSTRUCTIONS ###\n"
-               "Continue the conversation by generating **only the next line** spoken by the "
-               "indicated character.\n"
-               "Your response must be empathetic, showing understanding or emotional "
-               "attunement to the preceding dialogue.\n\n"
-               "### EXAMPLE ###\n\n"
-               "==== DIALOGUE HISTORY ===\n"
-               "Rachel: Hey!\nRoss: Hi!\nRachel: What are you doing here?\n"
-               "Ross: Ah y'know, this building is on my paper route so I...\n"
-               "Rachel: Oh.\nRoss: Hi.\nRachel: Hi.\nRoss: How'd did it go?\n"
-               "Rachel: Oh well, the woman I interviewed with was pretty tough, but y'know "
-               "thank God Mark coached me, because once I started talking about the fall "
-               "line, she got all happy and wouldn't shut up.\n"
-               "Ross:\n\n"
-               "==== RESPONSE ===\n"
-               "That sounds like a huge relief.\n\n"
-               "### TASK ###\n\n"
-               "==== DIALOGUE HISTORY ===\n"
-               "$history$next_speaker:\n\n"
-               "==== RESPONSE ===\n",
+        prompt=_LISTING1,
         utterance="$role: $text\n",
-        target=("$response",),),
+        target=("$response",)),
     PromptTemplate(
         name="text_response",
         source="text-only: dialogue -> emotion + response, the mcoe_response target without "
