@@ -146,3 +146,40 @@ def test_sharded_checkpoint_loads(family, tmp_path):
     model = load_hf(directory)
     ours = np.asarray(_forward(model, jnp.asarray(ids), jnp.asarray(mask)))
     assert masked_max_diff(ours, ref, mask) <= TOL
+
+
+def test_bf16_linear_value_and_grads_match_fp32():
+    """The 16-bit matmul (custom VJP, float32 accumulation) against float64 on the same bf16 inputs.
+
+    A transposed or mis-scaled backward rule, or a forward that rounds before
+    accumulating, is off by far more than one bf16 rounding (~4e-3 relative).
+    """
+    from merg_jax.models.layers import Linear, LoraConfig
+
+    lin = Linear(48, 40, name="q_proj", names=("embed", "heads"), lora=LoraConfig(rank=4, alpha=8.0),
+                 dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    lin.lora_b[...] = (0.1 * jax.random.normal(jax.random.key(1), lin.lora_b.shape)).astype(jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(2), (3, 5, 48)).astype(jnp.bfloat16)
+    g = jax.random.normal(jax.random.key(3), (3, 5, 40))
+
+    graphdef, state = nnx.split(lin)
+
+    def ours(x, state):
+        return jnp.sum(nnx.merge(graphdef, state)(x).astype(jnp.float32) * g)
+
+    def ref(x, k, a, b):  # numpy float64 on the same bf16 values
+        x, k, a, b = (np.asarray(t, np.float64) for t in (x, k, a, b))
+        y = x @ k + lin.lora_scale * (x @ a) @ b
+        dy = np.asarray(g, np.float64)
+        return (np.sum(y * dy), dy @ k.T + lin.lora_scale * (dy @ b.T) @ a.T,
+                np.einsum("bsi,bso->io", x, dy), lin.lora_scale * np.einsum("bsi,bsr->ir", x, dy @ b.T),
+                lin.lora_scale * np.einsum("bsr,bso->ro", x @ a, dy))
+
+    value, (gx, gs) = jax.value_and_grad(ours, argnums=(0, 1))(x, state)
+    want = ref(x, lin.kernel[...], lin.lora_a[...], lin.lora_b[...])
+    grads = (gx, gs["kernel"][...], gs["lora_a"][...], gs["lora_b"][...])
+    np.testing.assert_allclose(float(value), want[0], rtol=2e-2)
+    for got, exp, name in zip(grads, want[1:], ("x", "kernel", "lora_a", "lora_b")):
+        assert got.dtype == jnp.bfloat16, name
+        err = np.abs(np.asarray(got, np.float64) - exp).max() / np.abs(exp).max()
+        assert err < 2e-2, (name, err)

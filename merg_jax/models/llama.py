@@ -225,7 +225,8 @@ class Attention(nnx.Module):
         scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32)
         scores = scores * np.float32(self.head_dim ** -0.5) + bias[:, None, None, :, :]
         probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-        out = jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(b, s, self.num_heads * self.head_dim)
+        out = jnp.einsum("bkgst,btkd->bskgd", probs, v, preferred_element_type=jnp.float32).astype(q.dtype)
+        out = out.reshape(b, s, self.num_heads * self.head_dim)
         return self.o_proj(out, keys[3]), new_cache
 
 
