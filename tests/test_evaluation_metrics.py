@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pathlib
 import types
 
 import jax
@@ -331,3 +333,30 @@ def test_training_curves_from_tensorboardx(tmp_path):
     assert got["train/lr"] == [(0, pytest.approx(1e-3))]  # stored as float32
     assert _png(tmp_path / "curves.png")
     assert list(plots.read_scalars(str(logdir), tags=["eval/ppl"])) == ["eval/ppl"]
+
+
+def _latents(n: int, rng) -> dict:
+    """7 emotions; the audio/video shared latents carry them (a class-mean shift), text does not."""
+    labels = np.arange(n) % 7
+    onehot = np.eye(7, 8)[labels] * 5.0
+    mu = {("audio", "S"): onehot + rng.normal(size=(n, 8)), ("video", "S"): onehot + rng.normal(size=(n, 8)),
+          ("text", "S"): rng.normal(size=(n, 8)), ("audio", "P"): rng.normal(size=(n, 8)),
+          ("video", "P"): onehot + rng.normal(size=(n, 8)), ("video", "I"): rng.normal(size=(n, 8))}
+    present = {"audio": np.ones(n, bool), "video": np.ones(n, bool), "text": np.arange(n) % 5 != 0}
+    return {"mu": mu, "fused": (mu[("audio", "S")] + mu[("video", "S")]) / 2, "present": present, "label": labels}
+
+
+def test_latent_probes_read_emotion_only_where_it_is(tmp_path):
+    from merg_jax.evaluation import latents
+    rng = np.random.default_rng(0)
+    train, test = _latents(280, rng), _latents(140, rng)
+    got = latents.probe_accuracy(train, test)
+    assert got["probe_chance"] == pytest.approx(20 / 140)
+    for name in ("shared_fused", "shared_audio", "shared_video", "private_video"):
+        assert got[f"probe_{name}"] > 0.9, (name, got)
+    for name in ("shared_text", "private_audio"):
+        assert got[f"probe_{name}"] < 0.35, (name, got)
+    files = latents.plot(test, ("happy", "surprised", "angry", "fear", "sad", "disgusted", "contempt"),
+                         str(tmp_path), max_points=60)
+    assert [os.path.basename(f) for f in files] == ["tsne_shared.png", "tsne_video_subspaces.png"]
+    assert all(_png(pathlib.Path(f)) for f in files)

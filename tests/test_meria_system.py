@@ -242,6 +242,17 @@ def test_three_stages_train_only_their_params(assets, tmp_path):
     assert len(texts) >= 4 and all(isinstance(v, str) for t in texts for v in t.values())
     assert json.load(open(os.path.join(gen, "data", "manifest.json")))["generated_mcoe"]["train"] >= 4
 
+    # evaluation of the trained run: chain -> response per example, latent probes and pictures
+    from merg_jax.evaluation.run import evaluate
+    out = str(tmp_path / "eval")
+    m = evaluate(workdir, split="valid", output_dir=out, batch_size=2, max_new_tokens=6, bertscore=False)
+    rows = [json.loads(line) for line in open(os.path.join(out, "predictions.jsonl"))]
+    assert m["n"] == len(rows) == 4 and all("generated_chain" in r for r in rows)
+    for k in ("probe_shared_fused", "probe_shared_audio", "probe_shared_text", "probe_chance"):
+        assert 0.0 <= m[k] <= 1.0, (k, m)
+    for f in ("tsne_shared.png", "tsne_video_subspaces.png", "submission.json", "metrics.md"):
+        assert os.path.getsize(os.path.join(out, f)) > 0, f
+
 
 def test_pdr_stage_loss_and_eval_aux(built):
     config, system, model = built

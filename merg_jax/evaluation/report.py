@@ -12,20 +12,28 @@ from typing import Any, Mapping
 __all__ = ["metrics_markdown", "DEFINITIONS", "format_value"]
 
 DEFINITIONS: dict[str, str] = {
-    "acc_fine": "emotion accuracy, exact match on the 32 fine labels (unparseable = wrong)",
-    "acc_coarse": "emotion accuracy on the 7 coarse AvaMERG labels (unparseable = wrong)",
-    "n_unparseable": "predictions with no recognisable emotion label",
+    "emotion_acc_fine": "emotion accuracy, exact match on the 32 fine labels (unparseable = wrong)",
+    "emotion_acc_coarse": "emotion accuracy on the 7 coarse AvaMERG labels (unparseable = wrong)",
+    "emotion_unparseable": "predictions with no recognisable emotion label",
+    "generation_s": "seconds spent generating (chain + response) for all examples",
     "ppl_context": "exp(token-weighted mean NLL) of the target tokens given the full prompt",
     "ppl_context_free": "exp(token-weighted mean NLL) of the response alone (start token + response + EOS)",
-    "bertscore_precision": "BERTScore P (greedy cosine matching, bert-score conventions)",
-    "bertscore_recall": "BERTScore R",
+    "bertscore_p": "BERTScore P (greedy cosine matching, bert-score conventions)",
+    "bertscore_r": "BERTScore R",
     "bertscore_f1": "BERTScore F1",
     "polarity_sentiment": "seed 000: mean of 1 - |VADER(history) - VADER(response)|",
     "polarity_emotion": "seed 000: mean cosine of classifier softmax (response vs. mean over history)",
     "polarity_empathy": "seed 000: (polarity_emotion + polarity_sentiment) / 2",
     "sentiment_match_gold": "ours: mean of 1 - |VADER(gold response) - VADER(response)|",
     "n": "number of examples",
+    "probe_chance": "majority-class rate of the utterance emotions the probes are scored on",
 }
+for _name, _what in (("shared_fused", "the fused shared latent Z_S^F (UGF, eq. 8)"),
+                     ("shared_audio", "the audio shared latent mean"), ("shared_video", "the video shared latent mean"),
+                     ("shared_text", "the text shared latent mean"), ("private_audio", "the audio private latent mean"),
+                     ("private_video", "the video private latent mean")):
+    DEFINITIONS[f"probe_{_name}"] = (f"held-out accuracy of a logistic-regression emotion probe on {_what} "
+                                     "(fit on the train split's utterances)")
 for _n in (1, 2, 3, 4):
     DEFINITIONS[f"dist_{_n}_corpus"] = (f"distinct {_n}-grams / all {_n}-grams over the whole corpus "
                                         "(x100 = leaderboard Dist-n)")

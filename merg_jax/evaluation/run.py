@@ -129,7 +129,19 @@ def evaluate(workdir: str, *, split: str = "test", output_dir: str = "", max_exa
                           classifier_dir or None)
     metrics.update(pol.summary())
 
-    # 4) files
+    # 4) what the PDR latents hold (MERIA): linear emotion probes, t-SNE pictures
+    lat = None
+    if hasattr(system, "pdr_latents"):
+        from merg_jax.evaluation import latents as latents_lib
+        t1 = time.perf_counter()
+        lat = latents_lib.collect(system, model, _view(system, split, with_target=False, batch_size=batch_size))
+        train_split = system.config.data.get("train_split", "train")
+        lat_train = latents_lib.collect(system, model, _view(system, train_split, with_target=False,
+                                                             batch_size=batch_size), max_rows=4000)
+        metrics.update(latents_lib.probe_accuracy(lat_train, lat))
+        log.info("latent probes in %.0f s", time.perf_counter() - t1)
+
+    # 5) files
     submission.write_predictions_jsonl(os.path.join(output_dir, "predictions.jsonl"), rows)
     submission.write_submission(os.path.join(output_dir, "submission.json"), rows)
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
@@ -139,6 +151,8 @@ def evaluate(workdir: str, *, split: str = "test", output_dir: str = "", max_exa
         f.write(report.metrics_markdown(shown, f"{info['system']} on {split} ({len(rows)} examples)"))
     if plots:
         _plots(workdir, output_dir, pol)
+        if lat is not None:
+            latents_lib.plot(lat, latents_lib.label_names(cfg.data_dir), output_dir)
     log.info("evaluation written to %s", output_dir)
     return metrics
 

@@ -471,6 +471,16 @@ class Meria(System):
                          "raw": raw})
         return rows
 
+    def pdr_latents(self, model, batch) -> dict:
+        """Per-row posterior means, fused Z_S^F, presence masks (evaluation.latents); with
+        use_pdr=False the linear adapter's latents."""
+        feats, masks = _features(batch, model)
+        out = model.pdr(feats, deterministic=True) if model.adapter is None else model.adapter(feats)
+        fused = fusion_lib.ugf(out, masks, use_ugf=bool(self.config.use_ugf))
+        return {"mu": {(m, k): lat.mu for m in pdr_lib.MODALITIES for k, lat in out.latents[m].items()},
+                "fused": fused.shared, "present": masks,
+                "row_mask": masks["audio"] | masks["video"] | masks["text"]}
+
     def llm(self, model, which: str = "response"):
         if which == "mcoe":
             if model.mcoe_llm is None:
