@@ -223,3 +223,14 @@ def test_unknown_preset_and_missing_weights(tmp_path):
     p = _run([sys.executable, os.path.join(REPO, "launch", "train.py"), f"--config={cfg}:llama3_8b",
               f"--workdir={tmp_path}"])
     assert p.returncode == 2 and "model.path is not set" in p.stderr and "Meta-Llama-3-8B" in p.stderr
+
+
+def test_console_averages_between_reports():
+    from merg_jax.train.metrics import Averager
+    avg = Averager()
+    for loss, acc in ((1.0, 0.25), (2.0, 0.5), (6.0, 0.75)):
+        avg.add({"loss": loss, "token_accuracy": acc, "learning_rate": 1e-3})
+    got = avg.pop()
+    assert got == pytest.approx({"loss": 3.0, "token_accuracy": 0.5})  # lr is shown as is, not averaged
+    avg.add({"loss": 5.0})
+    assert avg.pop() == pytest.approx({"loss": 5.0})  # pop resets

@@ -96,12 +96,25 @@ def make_writer(logdir: str, *, enabled: bool = True) -> MultiWriter:
     return MultiWriter([LoggingWriter()] + ([TensorboardWriter(logdir)] if enabled else []))
 
 
-@clu_metrics.flax.struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-    """Averaged over the steps between two reports."""
-    loss: clu_metrics.Average.from_output("loss")
-    token_accuracy: clu_metrics.Average.from_output("token_accuracy")
-    grad_norm: clu_metrics.Average.from_output("grad_norm")
+class Averager:
+    """Means of per-step scalars between two console lines, with clu.metrics.Average."""
+
+    AVERAGED = ("loss", "token_accuracy", "grad_norm")
+
+    def __init__(self):
+        self._acc: dict[str, clu_metrics.Average] = {}
+
+    def add(self, scalars: Mapping[str, float]) -> None:
+        for k in self.AVERAGED:
+            if k in scalars:
+                one = clu_metrics.Average.from_model_output(np.float32(scalars[k]))
+                self._acc[k] = one if k not in self._acc else self._acc[k].merge(one)
+
+    def pop(self) -> dict[str, float]:
+        """The means since the last pop; resets."""
+        out = {k: float(v.compute()) for k, v in self._acc.items()}
+        self._acc = {}
+        return out
 
 
 def llm_train_flops(num_params: int, num_layers: int, hidden: int, seq_len: int, tokens: int,

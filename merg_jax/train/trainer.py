@@ -30,7 +30,7 @@ from merg_jax.train import checkpoint as ckpt_lib
 from merg_jax.train import data as data_lib
 from merg_jax.train import distributed, optim, partition
 from merg_jax.train.config import validate
-from merg_jax.train.metrics import Progress, make_writer, peak_flops
+from merg_jax.train.metrics import Averager, Progress, make_writer, peak_flops
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +335,7 @@ class Trainer:
         key0 = jax.random.key(int(c.seed))
         step_fn = evaluate = None
         progress = Progress(run.steps, stage_step)
+        self._averager = Averager()
         pending = None  # (global step, stage step, metrics, time) of the last dispatched step
         last: dict = {}
         flops = None
@@ -421,8 +422,11 @@ class Trainer:
                 force: bool = False) -> None:
         every = self.config.log.every_steps
         self.writer.write_scalars(step, {f"{run.name}/{k}": v for k, v in m.items()})
-        if self.is_main and (force or (every and stage_step % every == 0)):
-            log.info(progress.line(stage_step, run.name, m))
+        self._averager.add(m)
+        if force or (every and stage_step % every == 0):
+            shown = {**m, **self._averager.pop()}  # loss, accuracy, grad norm: mean since the last line
+            if self.is_main:
+                log.info(progress.line(stage_step, run.name, shown))
 
 
 def _main_thread() -> bool:
