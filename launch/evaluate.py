@@ -1,7 +1,7 @@
 """Evaluate a trained run the way the seeds do.
 
     python launch/evaluate.py --config=configs/<system>.py[:preset] --workdir=W [--split=test]
-        [--output_dir=O] [--max_examples=N] [--classifier_dir=DIR] [--no_bertscore]
+        [--output_dir=O] [--max_examples=N] [--classifier_dir=DIR] [--nobertscore]
 
 Writes predictions.jsonl, metrics.json, metrics.md, submission.json and PNG plots to
 O (default W/eval_<split>) and prints the metrics table.  The model comes from W (its
