@@ -53,7 +53,8 @@ def pdr_defaults() -> ml_collections.ConfigDict:
 def generation_defaults() -> ml_collections.ConfigDict:
     """Greedy M-CoE generation before the response stage (response_mcoe='generated')."""
     return ml_collections.ConfigDict(dict(
-        max_new_tokens=160,       # the gold M-CoE rendering is ~60-120 tokens
+        max_new_tokens=160,       # also the chain budget at evaluation; the gold M-CoE of the
+                                  # synthetic corpus is 78-120 SmolLM2 tokens
         batch_size=8,
         splits=("train", "valid", "test"),  # splits present in the manifest are generated
         limit=0,                  # > 0: only the first `limit` examples per split (debugging)
@@ -111,7 +112,6 @@ def smoke() -> ml_collections.ConfigDict:
     c.log.every_steps = 5
     c.log.eval_every = 1000  # > the stage lengths: one evaluation at the end of each stage
     c.log.eval_batches = 4
-    c.generation.max_new_tokens = 96
     c.generation.limit = 0
     return c
 

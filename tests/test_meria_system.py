@@ -305,9 +305,13 @@ def test_predict_chain_then_response_lines_up_with_batch(built):
     assert len(rows) == 2 and all(set(r) == {"generated_chain", "response", "predicted_emotion", "raw"}
                                   for r in rows)
     eos = meria_generate.eos_ids_for(tok, model.mcoe_llm)
-    ids = meria_generate.greedy_decode(model, _dev(batch), max_new_tokens=4, eos_ids=jnp.asarray(eos),
-                                       pad_id=int(tok.pad_token_id), max_utterances=U, use_ugf=True)
+    # the chain gets the generation budget (6 tokens), the response predict's own (4)
+    ids = meria_generate.greedy_decode(model, _dev(batch), max_new_tokens=config.generation.max_new_tokens,
+                                       eos_ids=jnp.asarray(eos), pad_id=int(tok.pad_token_id),
+                                       max_utterances=U, use_ugf=True)
     chains = meria_generate.decode_rows(ids, tok, eos)
+    # (the tiny model writes only newlines, so the texts alone cannot tell the budgets apart)
+    assert [k[-1] for k in system._decoders] == [config.generation.max_new_tokens]
     assert [r["generated_chain"] for r in rows] == [chains[0], chains[2]]
     recs = system._eval_records(config.data.data_dir, "valid")
     for r, i in zip(rows, (0, 2)):

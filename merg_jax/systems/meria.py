@@ -425,6 +425,8 @@ class Meria(System):
         use_mcoe: soft prompts -> M-CoE LLM greedily generates the chain -> the Response LLM
         reads it + the dialogue (`mcoe_response`) and generates 'Emotion: X\nResponse: Y'.
         use_mcoe=False: the Response LLM decodes from the soft tokens + dialogue directly.
+        `max_new_tokens` bounds the response; the chain gets config.generation.max_new_tokens
+        (the budget stage 3 generates chains with), so a short response budget cannot cut it.
         The batch carries no raw records: they are read by example_id from the data dir/split
         of the last non-train data view built (evaluation builds it just before iterating),
         falling back to every split of that data dir."""
@@ -440,7 +442,8 @@ class Meria(System):
         view = self.data_config(self.eval_stage(), split, train=False)
         self._last_view = (data_dir, split)  # data_config above must not move it
         llm_name = "mcoe_llm" if c.use_mcoe else "response_llm"
-        fn, tok, eos = self._soft_decoder(model, llm_name, view, max_new_tokens)
+        first = int(c.generation.max_new_tokens) if c.use_mcoe else max_new_tokens
+        fn, tok, eos = self._soft_decoder(model, llm_name, view, first)
         texts = meria_generate.decode_rows(fn(dev), tok, eos)
         texts = [t for t, k in zip(texts, keep) if k]
         if not c.use_mcoe:
