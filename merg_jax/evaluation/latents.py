@@ -126,6 +126,6 @@ def plot(lat: dict, names: tuple[str, ...], output_dir: str, max_points: int = 6
         path = os.path.join(output_dir, "tsne_video_subspaces.png")
         plots.plot_tsne(x, list(label[video]) * len(kinds), path,
                         modalities=[f"Z_{k}^V" for k in kinds for _ in video], seed=seed,
-                        title="PDR video latents")
+                        title="PDR video latents", group_name="subspace")
         written.append(path)
     return written

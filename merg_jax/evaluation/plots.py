@@ -70,11 +70,12 @@ def _scatter(ax, xy: np.ndarray, colour_by: Sequence[str], marker_by: Optional[S
 def plot_tsne(latents: np.ndarray, emotions: Sequence[str], path: str,
               modalities: Optional[Sequence[str]] = None, seed: int = 0,
               perplexity: float = 30.0, title: str = "t-SNE of latents",
-              max_iter: int = 1000) -> np.ndarray:
+              max_iter: int = 1000, group_name: str = "modality") -> np.ndarray:
     """t-SNE of `latents` (one row per point) saved to `path`; returns the float[N, 2] coordinates.
 
     Left panel: colour = emotion (marker = modality when given); right panel (only
-    with `modalities`): colour = modality.
+    with `modalities`): colour = modality.  `modalities` may name any grouping (e.g. the
+    latent subspace), titled `group_name`.
     """
     if len(emotions) != len(latents) or (modalities is not None and len(modalities) != len(latents)):
         raise ValueError("latents, emotions and modalities need one entry per point")
@@ -85,7 +86,7 @@ def plot_tsne(latents: np.ndarray, emotions: Sequence[str], path: str,
     _scatter(axes[0], xy, [str(e) for e in emotions],
              None if modalities is None else [str(m) for m in modalities], f"{title}: emotion")
     if modalities is not None:
-        _scatter(axes[1], xy, [str(m) for m in modalities], None, f"{title}: modality")
+        _scatter(axes[1], xy, [str(m) for m in modalities], None, f"{title}: {group_name}")
     _save(fig, path)
     return xy
 
