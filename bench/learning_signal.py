@@ -26,6 +26,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFLICT = ["--config.data.data_dir=data/synthetic-conflict30", "--config.data.synthetic.conflict_rate=0.3"]
 VARIANTS = {  # name -> (config, extra train flags)
     "clean/meria": ("configs/meria.py:signal", []),
+    "clean/meria_wo_pdr": ("configs/meria.py:signal", ["--config.use_pdr=False"]),
+    "clean/meria_wo_ugf": ("configs/meria.py:signal", ["--config.use_ugf=False"]),
+    "clean/meria_wo_mcoe": ("configs/meria.py:signal", ["--config.use_mcoe=False"]),
     "clean/text_baseline": ("configs/text_baseline.py:smoke", ["--config.stages.sft.steps=60"]),
     "conflict/meria": ("configs/meria.py:signal", CONFLICT),
     "conflict/meria_wo_ugf": ("configs/meria.py:signal", CONFLICT + ["--config.use_ugf=False"]),
