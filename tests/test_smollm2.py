@@ -1,6 +1,7 @@
 """The real SmolLM2-135M-Instruct weights: logits and greedy generation against transformers."""
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -46,13 +47,16 @@ def test_logits_match_transformers_on_real_prompt(smol):
     ours = np.asarray(model(jnp.asarray([ids])).logits)
     with torch.no_grad():
         theirs = ref(torch.tensor([ids])).logits.numpy()
+        exact = copy.deepcopy(ref).double()(torch.tensor([ids])).logits.numpy()
     assert ours.shape == theirs.shape
-    # XLA:CPU's fp32 GEMM accumulates with ~3x the rounding error of torch's
-    # (2.6e-5 vs 7.7e-6 on one 576x1536 SmolLM2 product against float64); over
-    # 30 layers that is 1.2-1.4e-4 on logits of magnitude 15-40 (torch's own
-    # sdpa vs eager differ by 7e-5).  Tiny configs meet 1e-4 (test_llama.py).
-    assert np.abs(ours - theirs).max() <= 2e-4
-    assert np.abs(ours - theirs).mean() <= 1e-5
+    # Both float32 runs are judged against torch in float64.  XLA:CPU's fp32 GEMM
+    # rounds ~3x more than torch's (2.6e-5 vs 7.7e-6 on one 576x1536 product), so
+    # over 30 layers ours is 2.6x (mean) and 3.4x (max) further from float64 than
+    # torch is; a wrong norm, rope or scale is orders of magnitude beyond that.
+    ours_err, torch_err = np.abs(ours - exact), np.abs(theirs - exact)
+    assert ours_err.mean() <= 4 * torch_err.mean()
+    assert ours_err.max() <= 5 * torch_err.max()
+    assert ours_err.max() <= 3e-4
     assert (ours[0].argmax(-1) == theirs[0].argmax(-1)).all()
 
 
