@@ -10,7 +10,8 @@ dialogues each, seed 0:
   clean     text_leak 0, no conflicts: only audio and video carry the emotion
   conflict  conflict_rate 0.3: in 30% of the clips one modality shows another emotion
             (or noise), the corpus' gold emotion is the speaker's true one
-On 2 CPU cores a MERIA variant takes ~30 min, the text baseline ~15 min.
+On 2 CPU cores a MERIA variant takes ~30 min (~10 min without M-CoE), the text baseline ~20 min.
+Logs (<variant>-train.log, -eval.log) are appended to, so a resumed run keeps its history.
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def main() -> int:
             t0 = time.perf_counter()
             log = os.path.join(args.runs_dir, name + ("-train.log" if "train.py" in cmd[1] else "-eval.log"))
             os.makedirs(os.path.dirname(log), exist_ok=True)
-            with open(log, "w") as fh:
+            with open(log, "a") as fh:
                 rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
             print(f"#   exit {rc} after {time.perf_counter() - t0:.0f} s (log: {log})", flush=True)
             if rc:
