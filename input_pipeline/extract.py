@@ -3,8 +3,9 @@
 Why this shape: a clip appears in the history of every later turn of its
 dialogue, so features are computed once per UNIQUE clip/text and then gathered
 per example.  Media work (librosa, OpenCV) is CPU-bound and spread over
-spawned worker processes; the text encoder (JAX) runs batched in the main
-process while the workers run.  Policy: a bad clip masks that modality for that
+spawned worker processes (media_workers.py: a decoder that kills its worker
+costs only that clip); the text encoder (JAX) runs batched in the main process
+while the workers run.  Policy: a bad clip masks that modality for that
 utterance (row of zeros, mask False) and is listed in the manifest; the
 example is kept.  A record the reader rejects is skipped and listed.
 
@@ -37,29 +38,24 @@ extract_io.py) and `OUT/manifest.json`:
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
 import logging
-import math
-import multiprocessing
 import os
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from input_pipeline import extract_io, records, schema
 from input_pipeline.features import registry
+from input_pipeline.media_workers import extract_media, make_extractor  # noqa: F401 (API)
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = extract_io.FORMAT_VERSION  # record layout; part of the fingerprint
-_EXTRACTOR_MODULES = {"audio": "input_pipeline.features.audio",
-                      "video": "input_pipeline.features.video",
-                      "text": "input_pipeline.features.text"}
 
 
 @dataclasses.dataclass
@@ -99,25 +95,6 @@ class ExtractConfig:
         return getattr(self, modality), dict(getattr(self, f"{modality}_kwargs"))
 
 
-_TEXT_CACHE: dict[str, registry.Extractor] = {}
-
-
-def make_extractor(name: str, modality: str, kwargs: dict) -> registry.Extractor:
-    """Imports the module that registers built-in extractors of `modality`, then creates `name`.
-    Text encoders are cached per process: a second run reuses the loaded, compiled model."""
-    key = json.dumps([name, kwargs], sort_keys=True, default=str)
-    if modality == "text" and key in _TEXT_CACHE:
-        return _TEXT_CACHE[key]
-    if name not in registry.registered():
-        __import__(_EXTRACTOR_MODULES[modality])
-    ext = registry.create(name, **kwargs)
-    if ext.modality != modality:
-        raise ValueError(f"extractor {name!r} is for {ext.modality!r}, not {modality!r}")
-    if modality == "text":
-        _TEXT_CACHE[key] = ext
-    return ext
-
-
 # ----------------------------------------------------------------------------- readers
 def read_dataset(dataset: str, data_dir: str, splits: Optional[Sequence[str]] = None):
     """(examples, reader rejections, reader counts) from helper readers by dataset name."""
@@ -136,67 +113,6 @@ def _unpack_reader(result) -> tuple[list, list, dict]:
     if isinstance(result, tuple):
         return (tuple(result) + ({},))[:3]
     return result.examples, result.rejections, getattr(result, "counts", {})
-
-
-# ----------------------------------------------------------------------------- workers
-_WORKER_EXTRACTORS: dict[str, registry.Extractor] = {}
-
-
-def _init_worker(specs: dict[str, tuple[str, dict]]) -> None:
-    logging.basicConfig(level=logging.WARNING)
-    for modality, (name, kwargs) in specs.items():
-        _WORKER_EXTRACTORS[modality] = make_extractor(name, modality, kwargs)
-
-
-def _extract_one(ext: registry.Extractor, path: str):
-    """Result or ("error", reason); unexpected exceptions are a bad clip too, not a crash."""
-    try:
-        return ext.extract(path)
-    except registry.MediaError as err:
-        return ("error", err.reason)
-    except Exception as err:  # a decoder bug on one odd file must not stop the corpus
-        log.warning("extractor %s failed on %s: %r", type(ext).__name__, path, err)
-        return ("error", f"extractor error ({type(err).__name__}: {err})")
-
-
-def _work(modality: str, paths: list[str]) -> list:
-    ext = _WORKER_EXTRACTORS[modality]
-    return [_extract_one(ext, p) for p in paths]
-
-
-def extract_media(paths_by_modality: dict[str, list[str]], specs: dict[str, tuple[str, dict]],
-                  workers: int, chunk_size: int,
-                  while_waiting: Optional[Callable[[], None]] = None,
-                  local: Optional[dict[str, registry.Extractor]] = None) -> dict[str, dict[str, Any]]:
-    """{modality: {path: features dict | ("error", reason)}}.  workers <= 1: in this process
-    (with the `local` extractors when given); `while_waiting` runs in this process while
-    the workers decode (the text encoder)."""
-    out: dict[str, dict[str, Any]] = {m: {} for m in paths_by_modality}
-    if workers <= 1 or not any(paths_by_modality.values()):
-        exts = {m: (local or {}).get(m) or make_extractor(specs[m][0], m, specs[m][1])
-                for m in paths_by_modality}
-        for m, paths in paths_by_modality.items():
-            for p in paths:
-                out[m][p] = _extract_one(exts[m], p)
-        if while_waiting:
-            while_waiting()
-        return out
-    ctx = multiprocessing.get_context("spawn")  # JAX in this process: never fork it
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                initargs=({m: specs[m] for m in paths_by_modality},)) as pool:
-        futures = {}
-        for m, paths in paths_by_modality.items():
-            size = max(1, min(chunk_size, math.ceil(len(paths) / (4 * workers))))
-            for i in range(0, len(paths), size):
-                chunk = paths[i:i + size]
-                futures[pool.submit(_work, m, chunk)] = (m, chunk)
-        if while_waiting:
-            while_waiting()
-        for fut in cf.as_completed(futures):
-            m, chunk = futures[fut]
-            for p, res in zip(chunk, fut.result(), strict=True):
-                out[m][p] = res
-    return out
 
 
 # ----------------------------------------------------------------------------- driver

@@ -278,3 +278,25 @@ def test_audio_video_carry_emotion_text_does_not(signal_run):
     print(f"held-out-dialogue accuracy: audio+video {av:.3f}, text {text:.3f}, n={len(y)}")
     assert av >= 0.9
     assert text <= 0.35
+
+
+def test_crashing_decoder_costs_one_clip(bad_run, tmp_path):
+    """A clip whose decoder kills its worker is a listed rejection; the run and the rest go on."""
+    from input_pipeline.media_workers import CRASH_REASON
+    root, _, _, expect = bad_run
+    cfg = extract.ExtractConfig(examples_per_shard=4, video_kwargs={"num_frames": 4},
+                                audio="media_crash:crash_audio",
+                                audio_kwargs={"crash_on": "dia00000utt1_2"})
+    out = str(tmp_path / "out")
+    manifest = extract.run_extraction("avamerg", root, out, workers=2, config=cfg)
+    split = manifest["splits"]["train"]
+    crashed = os.path.join(root, "audio_v5_0", "dia00000utt1_2.wav")
+    assert split["num_examples"] == 13
+    # the stand-in extractor reads the corrupt and the silent wav fine (it only sizes files)
+    assert split["counts"]["audio"] == {"clips": 18, "processed": 17, "failed": 1,
+                                        "failed_by_reason": {CRASH_REASON: 1}}
+    assert {(r["modality"], r["path"], r["reason"]) for r in split["extraction_rejections"]} == {
+        ("audio", crashed, CRASH_REASON), ("video", expect["missing"], "missing file")}
+    recs = {r["example_id"]: r for r in extract_io.read_records(out, "train")}
+    assert recs["avamerg/train/00000/1"]["feature_mask"]["audio"].tolist() == [True, False, True]
+    assert recs["avamerg/train/00001/1"]["features"]["audio"][0].tolist() == [3000.0]  # file size
