@@ -320,7 +320,7 @@ class Trainer:
             return summary
         finally:
             self.ckpt.close()
-            self.writer.flush()
+            self.writer.close()  # stops tensorboardX's writer threads; a later write reopens
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
 
