@@ -37,7 +37,8 @@ RUNTIME = [
 
 TEST = [
     "pytest>=8",
-    "pytest-xdist>=3.5",
+    "pytest-xdist>=3.5",  # make test: 2 processes, and a test that kills its process is reported by name
+    "pytest-rerunfailures>=14",  # ... and run once more (native crashes only, not failures)
     # PyTorch reference outputs; the CPU wheel of this exact version is what
     # the project machines carry, an unpinned torch would pull CUDA packages.
     "torch==2.13.0",
