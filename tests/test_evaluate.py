@@ -51,7 +51,9 @@ def test_evaluate_writes_consistent_outputs(run, tmp_path):
     saved = json.load(open(os.path.join(out, "metrics.json")))
     responses = [r["response"] for r in rows]
     assert saved["dist_1_corpus"] == pytest.approx(distinct.dist_n_corpus(responses, 1))
-    acc = emotion.emotion_accuracy([r["predicted_emotion"] or None for r in rows], [r["gold_emotion"] for r in rows])
+    acc = emotion.emotion_accuracy([r["predicted_emotion_text"] or None for r in rows],
+                                   [r["gold_emotion"] for r in rows])
+    assert all(r["predicted_emotion"] == emotion.label_of(r["predicted_emotion_text"]) for r in rows)
     assert saved["emotion_acc_coarse"] == acc["acc_coarse"] and saved["emotion_unparseable"] == acc["n_unparseable"]
     # a near-uniform tiny model over a 49k vocabulary: perplexity near the vocabulary size
     assert 1e4 < saved["ppl_context"] < 1e5 and 1e4 < saved["ppl_context_free"] < 1e5

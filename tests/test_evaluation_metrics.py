@@ -80,6 +80,14 @@ def test_normalize_emotion():
     assert emotion.normalize_emotion("") is None
 
 
+def test_label_of_tidies_the_generated_field():
+    # what MERIA's Response LLM wrote when it dropped the newline after the label
+    assert emotion.label_of("surprised. Confidence: high. Response: Wow!") == "surprised"
+    assert emotion.label_of("sad.") == "sad"
+    assert emotion.label_of("joy") == "happy"
+    assert emotion.label_of("no idea") == "" and emotion.label_of(None) == ""
+
+
 def test_emotion_accuracy_hand_worked():
     preds = ["anxious", "afraid", "joy", None, "gibberish", "Sad"]
     golds = ["anxious", "terrified", "excited", "sad", "angry", "devastated"]

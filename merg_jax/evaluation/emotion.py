@@ -55,6 +55,13 @@ def normalize_emotion(label: Optional[str]) -> Optional[tuple[str, str]]:
     return None
 
 
+def label_of(text: Optional[str]) -> str:
+    """The fine label `normalize_emotion` finds in `text`, or "" (for predictions files and
+    submissions, where "surprised. Confidence: high" should read "surprised")."""
+    got = normalize_emotion(text)
+    return got[0] if got else ""
+
+
 def parse_emotion(text: Optional[str]) -> Optional[str]:
     """The raw label text announced in generated `text` (see EMOTION_MARKERS), or None.
 

@@ -76,7 +76,8 @@ def evaluate(workdir: str, *, split: str = "test", output_dir: str = "", max_exa
                          "prompt": "\n".join(f"{a}: {b}" for a, b in zip(r.get("history_roles") or [],
                                                                          r.get("history_texts") or [])),
                          "generated_chain": out.get("generated_chain", ""), "response": out["response"],
-                         "predicted_emotion": out["predicted_emotion"], "gold_emotion": r.get("emotion", ""),
+                         "predicted_emotion": emotion.label_of(out["predicted_emotion"]),
+                         "predicted_emotion_text": out["predicted_emotion"], "gold_emotion": r.get("emotion", ""),
                          "gold_response": r.get("response", ""), "raw_output": out.get("raw", "")})
         log.info("generated %d examples (%.0f s)", len(rows), time.perf_counter() - t0)
         if max_examples and len(rows) >= max_examples:
@@ -87,7 +88,7 @@ def evaluate(workdir: str, *, split: str = "test", output_dir: str = "", max_exa
     responses = [r["response"] for r in rows]
     metrics: dict[str, Any] = {"n": len(rows), "split": split, "workdir": os.path.abspath(workdir),
                                "step": info["step"], "system": info["system"], "generation_s": round(gen_s, 1)}
-    acc = emotion.emotion_accuracy([r["predicted_emotion"] or None for r in rows],
+    acc = emotion.emotion_accuracy([r["predicted_emotion_text"] or None for r in rows],
                                    [r["gold_emotion"] for r in rows])
     metrics.update({"emotion_acc_fine": acc["acc_fine"], "emotion_acc_coarse": acc["acc_coarse"],
                     "emotion_unparseable": acc["n_unparseable"]})
