@@ -18,8 +18,7 @@ a constant lr: the losses after step 1 differ, the first-step losses match).
 Torch is `peft.get_peft_model` + `torch.optim.AdamW`.  Each timed step is blocked
 on (`jax.block_until_ready`; torch on CPU is synchronous); after the warm-up the
 two sides alternate step by step, so load from other work on a shared machine
-falls on both alike.  Compilation falls in the warm-up steps (the runtime's step
-currently compiles twice: see the first two warm-up times).  tokens/s = B*L /
+falls on both alike.  Compilation falls in the first warm-up step.  tokens/s = B*L /
 median step time.  FLOP/s is analytic (`systems.common.llm_step_flops`: 4N per
 token for a frozen base, plus attention), for information; MFU is shown where
 the device's peak is known (`train.metrics.peak_flops`).
@@ -84,7 +83,7 @@ def _runtime_step(llm, mesh, batch_np: dict, total_steps: int, grad_accum: int =
     params = partition.to_params(template, jnp.float32)
     params = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), params, nnx.to_pure_dict(template))
     tx, sched = optim.make_optimizer(config.optimizer, params, total_steps)
-    opt_state = jax.jit(tx.init)(params)
+    opt_state = optim.init_state(tx, params, mesh)
     run = StageRun(0, "bench", stage, total_steps, graphdef, template, rest, params, tx, sched, opt_state,
                    None, None)
 

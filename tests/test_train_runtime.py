@@ -99,6 +99,9 @@ def reference(assets, tmp_path_factory):
 def test_uninterrupted_run_trains_lora_only(reference):
     w, s = reference
     assert s["status"] == "done" and s["step"] == 8
+    # one compile per sequence bucket: a step input that changes placement would add one
+    sft = s["stages"]["sft"]
+    assert sft["step_compiles"] == sft["batch_shapes"] >= 1, sft
     p = _params(w)
     assert p and all("lora_" in k for k in p), sorted(p)[:4]
     assert any(np.abs(v).max() > 0 for k, v in p.items() if k.endswith("lora_b"))  # B starts at 0

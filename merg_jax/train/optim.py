@@ -99,3 +99,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.grad_accum = 1  # micro-batches per step (the batch is split inside the jitted step)
     c.lr_groups = ()  # ((regex, multiplier), ...): first match wins, default 1
     return c
+
+
+def init_state(tx: optax.GradientTransformation, params: Any, mesh: jax.sharding.Mesh) -> Any:
+    """`tx.init(params)` placed as the jitted step returns it: moments follow their
+    parameters' shardings, scalars (step counts) are replicated on `mesh`.  Left on one
+    device, the counts would make the step's second call compile again."""
+    from jax.sharding import NamedSharding, PartitionSpec
+    rep = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
+                        else jax.device_put(x, rep), jax.jit(tx.init)(params))

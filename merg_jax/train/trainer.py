@@ -140,10 +140,7 @@ class Trainer:
         steps = data_lib.stage_steps(s, data_cfg.data_dir, data_cfg.split, data_cfg.global_batch_size)
         opt_cfg = self.config.optimizer
         tx, sched = optim.make_optimizer(opt_cfg, params, steps, lr=s.get("learning_rate") or None)
-        rep = NamedSharding(self.mesh, PartitionSpec())
-        # Moments follow their parameters' shardings; scalars (step counts) are replicated.
-        opt_state = jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == self.mesh
-                                 else jax.device_put(x, rep), jax.jit(tx.init)(params))
+        opt_state = optim.init_state(tx, params, self.mesh)
         from input_pipeline.pipeline import make_iterator
         iterator = make_iterator(data_cfg)
         return StageRun(index, name, s, steps, graphdef, template, rest, params, tx, sched, opt_state,
@@ -336,16 +333,16 @@ class Trainer:
         step_fn = evaluate = None
         progress = Progress(run.steps, stage_step)
         self._averager = Averager()
-        pending = None  # (global step, stage step, metrics, time) of the last dispatched step
+        pending = None  # (global step, stage step, metrics, analytic FLOPs) of the last dispatched step
         last: dict = {}
-        flops = None
+        flops_by_shape: dict[tuple, float] = {}  # one per sequence bucket
         peak = peak_flops(jax.devices()[0], c.log.peak_flops)
         t_last = time.perf_counter()
         best_eval = None
 
         def finish(prev) -> dict:
             nonlocal t_last
-            gstep, sstep, m, _ = prev
+            gstep, sstep, m, flops = prev
             m = jax.device_get(m)
             if not bool(m["ok"]):
                 good = [s for s in self.ckpt.steps() if s < gstep]
@@ -369,8 +366,9 @@ class Trainer:
             gbatch = to_global(batch, self.mesh)
             if step_fn is None:
                 step_fn = self._make_step(run, gbatch)
-                flops = self.system.step_flops(self.model, tuple(batch["input_ids"].shape), run.cfg) * \
-                    jax.process_count()
+            shape = tuple(batch["input_ids"].shape)
+            if shape not in flops_by_shape:
+                flops_by_shape[shape] = self.system.step_flops(self.model, shape, run.cfg) * jax.process_count()
             key = jax.random.fold_in(key0, step)
             with jax.set_mesh(self.mesh):  # the models' logical sharding constraints resolve against it
                 run.params, run.opt_state, metrics = step_fn(run.params, run.opt_state, run.rest, gbatch, key,
@@ -379,7 +377,7 @@ class Trainer:
             if pending is not None:
                 last = finish(pending)
                 self._report(run, pending[0], pending[1], last, progress)
-            pending = (step, stage_step, metrics, time.perf_counter())
+            pending = (step, stage_step, metrics, flops_by_shape[shape])
             # The stage's last step is saved by the boundary checkpoint below.
             save_now = c.checkpoint.every_steps and step % c.checkpoint.every_steps == 0 \
                 and stage_step < run.steps
@@ -409,6 +407,7 @@ class Trainer:
                 self._save_best(run, step, loss)
         _set_params(self.model, run.cfg.trainable, run.params)
         self._save(step, run, stage_step, boundary=True)
+        last.update(_compile_count(run.name, step_fn, len(flops_by_shape)))
         return "done", step, last
 
     def _save_best(self, run: StageRun, step: int, loss: float) -> None:
@@ -427,6 +426,19 @@ class Trainer:
             shown = {**m, **self._averager.pop()}  # loss, accuracy, grad norm: mean since the last line
             if self.is_main:
                 log.info(progress.line(stage_step, run.name, shown))
+
+
+def _compile_count(stage: str, step_fn, n_shapes: int) -> dict:
+    """How often the step compiled; once per batch shape is right.  More means an input's
+    type or placement changes between steps, and each such compile can take minutes."""
+    size = getattr(step_fn, "_cache_size", None)  # jax's jitted functions; not public API
+    if size is None:
+        return {}
+    n = size()
+    if n > n_shapes:
+        log.warning("stage %s: the train step compiled %d times for %d batch shapes; an input's "
+                    "dtype, weak type or sharding changes between steps", stage, n, n_shapes)
+    return {"step_compiles": n, "batch_shapes": n_shapes}
 
 
 def _main_thread() -> bool:
