@@ -213,7 +213,9 @@ def test_meld_audio_from_mp4_and_labels(tmp_path):
             mf.write_av_mp4(str(clips / f"dia0_utt{u}.mp4"), mf.harmonic_tone(120 + 60 * u, 1.5, sr=44100))
     (root / "train_sent_emo.csv").write_text("\n".join(lines) + "\n")
     out = str(tmp_path / "out")
-    manifest = extract.run_extraction("meld", str(root), out, workers=1, config=SMALL)
+    # Worker processes, as MELD is extracted for real: PyAV and OpenCV each bring an FFmpeg,
+    # and a crash there must cost a clip, not the run (test_tfds decodes MELD in-process).
+    manifest = extract.run_extraction("meld", str(root), out, workers=2, config=SMALL)
     recs = {r["turn_id"]: r for r in extract_io.read_records(out, "train")}
     assert [recs[t]["label"] for t in "012"] == [3, 5, 1]  # MELD_EMOTIONS order
     assert recs["2"]["feature_mask"]["audio"].tolist() == [True, True, False]
