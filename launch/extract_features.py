@@ -23,7 +23,9 @@ from input_pipeline import extract  # noqa: E402
 flags.DEFINE_enum("dataset", "avamerg", ["avamerg", "meld", "synthetic"], "Dataset layout to read.")
 flags.DEFINE_string("data_dir", None, "Dataset root.", required=True)
 flags.DEFINE_string("output_dir", None, "Where shards and manifest.json go.", required=True)
-flags.DEFINE_integer("workers", max(1, (os.cpu_count() or 2) - 1), "Media worker processes (1: in-process).")
+flags.DEFINE_integer("workers", max(1, (os.cpu_count() or 2) - 1),
+                     "Media worker processes (1: in-process, where a crashing decoder stops the run; "
+                     "2 or more: a crash costs only the clip, listed in the manifest).")
 flags.DEFINE_string("config", None, "JSON file or inline JSON with extractor settings.")
 flags.DEFINE_string("audio", None, "Audio extractor name (overrides --config).")
 flags.DEFINE_string("video", None, "Video extractor name (overrides --config).")
