@@ -35,9 +35,18 @@ def run(tmp_path_factory):
     return w
 
 
-def test_evaluate_writes_consistent_outputs(run, tmp_path):
+def test_evaluate_writes_consistent_outputs(run, tmp_path, monkeypatch):
     from merg_jax.evaluation import distinct, emotion
     from merg_jax.evaluation.run import evaluate
+    from merg_jax.systems import common
+    real_split, calls = common.split_emotion_response, []
+
+    def every_other_labelled(text):  # the tiny model never writes an "Emotion:" line itself
+        emo, resp = real_split(text)
+        calls.append(1)
+        return ("surprised. Confidence: high" if len(calls) % 2 else emo), resp
+
+    monkeypatch.setattr(common, "split_emotion_response", every_other_labelled)
     out = str(tmp_path / "eval")
     m = evaluate(run, split="valid", output_dir=out, batch_size=4, max_new_tokens=6, bertscore=False)
     rows = [json.loads(line) for line in open(os.path.join(out, "predictions.jsonl"))]
@@ -53,7 +62,9 @@ def test_evaluate_writes_consistent_outputs(run, tmp_path):
     assert saved["dist_1_corpus"] == pytest.approx(distinct.dist_n_corpus(responses, 1))
     acc = emotion.emotion_accuracy([r["predicted_emotion_text"] or None for r in rows],
                                    [r["gold_emotion"] for r in rows])
-    assert all(r["predicted_emotion"] == emotion.label_of(r["predicted_emotion_text"]) for r in rows)
+    # the file carries the tidy label; the generated field stays beside it
+    assert [r["predicted_emotion"] for r in rows] == ["surprised", ""] * 3
+    assert [r["predicted_emotion_text"] for r in rows] == ["surprised. Confidence: high", ""] * 3
     assert saved["emotion_acc_coarse"] == acc["acc_coarse"] and saved["emotion_unparseable"] == acc["n_unparseable"]
     # a near-uniform tiny model over a 49k vocabulary: perplexity near the vocabulary size
     assert 1e4 < saved["ppl_context"] < 1e5 and 1e4 < saved["ppl_context_free"] < 1e5
