@@ -37,12 +37,12 @@ def main() -> None:
     import torch
     import transformers
 
-    from merg_jax import assets
+    from merg_jax.core import assets
     from merg_jax.generation import Generator, SamplingConfig
-    from merg_jax.loading import load_model
+    from merg_jax.convert.loading import load_pretrained
 
     path = args.model or assets.smollm2_gguf()
-    model, tok = load_model(path, dtype=args.dtype)
+    model, tok = load_pretrained(path, dtype=args.dtype)
     gen = Generator(model, tok)
     tdtype = torch.float32 if args.dtype == "float32" else torch.bfloat16
     if path.endswith(".gguf"):

@@ -66,7 +66,7 @@ def _runtime_step(llm, mesh, batch_np: dict, total_steps: int, grad_accum: int =
     import ml_collections
     from flax import nnx
 
-    from merg_jax import sharding as shd
+    from merg_jax.core import sharding as shd
     from merg_jax.systems.text_baseline import TextBaseline, TextModel
     from merg_jax.train import optim, partition
     from merg_jax.train.trainer import StageRun, Trainer
@@ -218,7 +218,7 @@ def bench_random_8b(args) -> None:
     import jax
     from flax import nnx
 
-    from merg_jax import sharding as shd
+    from merg_jax.core import sharding as shd
     from merg_jax.models.layers import LoraConfig
     from merg_jax.systems.base import _random_init
     from merg_jax.systems.common import llm_step_flops
@@ -289,9 +289,9 @@ def main() -> None:
 
     import jax
 
-    from merg_jax import assets
-    from merg_jax import sharding as shd
-    from merg_jax.loading import load_model
+    from merg_jax.core import assets
+    from merg_jax.core import sharding as shd
+    from merg_jax.convert.loading import load_pretrained
     from merg_jax.models.layers import LoraConfig
     from merg_jax.systems.common import llm_step_flops
     from merg_jax.train.metrics import peak_flops
@@ -302,7 +302,7 @@ def main() -> None:
     mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     lora = LoraConfig(rank=args.rank, alpha=args.alpha, dropout=args.lora_dropout, targets=TARGETS)
     with shd.logical_rules(shd.LOGICAL_RULES):
-        llm, _ = load_model(path, lora=lora, mesh=mesh, with_tokenizer=False, dtype=dtype, param_dtype=dtype,
+        llm, _ = load_pretrained(path, lora=lora, mesh=mesh, with_tokenizer=False, dtype=dtype, param_dtype=dtype,
                             remat=args.remat or "none")
     cfg = llm.config
     batch_np = _batch(cfg.vocab_size, args.batch, seq, args.seed)

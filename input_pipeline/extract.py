@@ -50,6 +50,7 @@ import numpy as np
 
 from input_pipeline import extract_io, records, schema
 from input_pipeline.features import registry
+from merg_jax.core.io import write_json
 from input_pipeline.media_workers import extract_media, make_extractor  # noqa: F401 (API)
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def run_extraction(dataset: str, data_dir: str, output_dir: str, workers: int = 
     if previous and not reuse:
         log.info("previous manifest has another fingerprint: every shard is rewritten")
     # Stamp the fingerprint first: shards finished before a crash stay reusable.
-    extract_io.atomic_json(manifest_path, {"fingerprint": fingerprint, "status": "in_progress",
+    write_json(manifest_path, {"fingerprint": fingerprint, "status": "in_progress",
                                            "splits": previous.get("splits", {}) if reuse else {}})
 
     t0 = time.perf_counter()
@@ -243,7 +244,7 @@ def run_extraction(dataset: str, data_dir: str, output_dir: str, workers: int = 
                  report["num_extraction_rejections"])
     manifest["splits"] = {s: manifest["splits"][s] for s in by_split}  # reader order
     manifest["elapsed_s"]["total"] = round(time.perf_counter() - t_start, 3)
-    extract_io.atomic_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     log.info("done in %.1f s", manifest["elapsed_s"]["total"])
     return manifest
 

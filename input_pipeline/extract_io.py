@@ -30,7 +30,6 @@ exists is complete.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Callable, Optional
@@ -156,10 +155,3 @@ def read_records(output_dir: str, split: str) -> list[dict]:
             out.extend(records.decode(b) for b in reader.read_all())
             reader.close()
     return out
-
-
-def atomic_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, default=str)
-    os.replace(tmp, path)

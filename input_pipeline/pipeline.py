@@ -382,7 +382,7 @@ def make_dataset(config: ml_collections.ConfigDict, *, source: Any = None,
     dims = dict(config.feature_dims) if config.feature_dims else feature_dims(source, config.data_dir)
     tok_path = config.tokenizer_path
     if not tok_path:
-        from merg_jax.assets import smollm2_gguf
+        from merg_jax.core.assets import smollm2_gguf
         tok_path = smollm2_gguf()
     buckets = tuple(int(b) for b in config.seq_buckets)
     builder = PromptBuilder(
@@ -444,7 +444,7 @@ def _agree_on_length(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
     """Process-local numpy batch -> global jax.Arrays sharded over the batch mesh axes.
     String arrays (example_id) stay host-side and are not included."""
-    from merg_jax.sharding import global_batch
+    from merg_jax.core.sharding import global_batch
     numeric = {k: v for k, v in batch.items() if np.asarray(v).dtype.kind not in "USO"}
     return global_batch(_agree_on_length(numeric), mesh)
 

@@ -318,7 +318,7 @@ class PromptBuilder:
     @property
     def tokenizer(self):
         if self._tok is None:
-            from merg_jax.tokenizer import load_tokenizer
+            from merg_jax.core.tokenizer import load_tokenizer
             self._tok = load_tokenizer(self.tokenizer_path)
         return self._tok
 

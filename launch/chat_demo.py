@@ -22,12 +22,12 @@ MESSAGES = [
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    from merg_jax import assets
+    from merg_jax.core import assets
     from merg_jax.generation import Generator, SamplingConfig
-    from merg_jax.loading import load_model
+    from merg_jax.convert.loading import load_pretrained
 
     t0 = time.perf_counter()
-    model, tokenizer = load_model(assets.smollm2_gguf())
+    model, tokenizer = load_pretrained(assets.smollm2_gguf())
     logging.info("model loaded in %.1fs", time.perf_counter() - t0)
     result = Generator(model, tokenizer).generate(MESSAGES, SamplingConfig(max_new_tokens=64), chat=True)
     for msg, reply in zip(MESSAGES, result.texts):

@@ -33,18 +33,17 @@ def main(argv) -> int:
     os.chdir(REPO)  # the smoke preset's data paths are relative to the repository
     import importlib.util
 
-    from merg_jax.evaluation.run import evaluate
-    from merg_jax.train.trainer import Trainer
+    from merg_jax.systems.jobs import evaluate_workdir, make_trainer
     spec = importlib.util.spec_from_file_location("meria_config", os.path.join(REPO, "configs", "meria.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     config = mod.get_config("smoke")
 
     t0 = time.perf_counter()
-    summary = Trainer(config, FLAGS.workdir).train()
+    summary = make_trainer(config, FLAGS.workdir).train()
     t_train = time.perf_counter() - t0
     eval_dir = os.path.join(FLAGS.workdir, "eval_test")
-    metrics = evaluate(FLAGS.workdir, split="test", output_dir=eval_dir, max_examples=FLAGS.max_examples,
+    metrics = evaluate_workdir(FLAGS.workdir, split="test", output_dir=eval_dir, max_examples=FLAGS.max_examples,
                        bertscore=FLAGS.bertscore)
     t_eval = time.perf_counter() - t0 - t_train
 

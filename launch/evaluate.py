@@ -33,8 +33,8 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> int:
     del argv
-    from merg_jax.evaluation.run import evaluate
-    from merg_jax.train.restore import read_config
+    from merg_jax.systems.jobs import evaluate_workdir
+    from merg_jax.systems.workdir import read_config
 
     logging.getLogger().setLevel(logging.INFO)
     saved = read_config(FLAGS.workdir) or {}
@@ -42,7 +42,7 @@ def main(argv) -> int:
         print(f"error: {FLAGS.workdir} was trained as system {saved['system']!r}, but --config is "
               f"{FLAGS.config.system!r}", file=sys.stderr)
         return 2
-    metrics = evaluate(FLAGS.workdir, split=FLAGS.split, output_dir=FLAGS.output_dir,
+    metrics = evaluate_workdir(FLAGS.workdir, split=FLAGS.split, output_dir=FLAGS.output_dir,
                        max_examples=FLAGS.max_examples, batch_size=FLAGS.batch_size,
                        max_new_tokens=FLAGS.max_new_tokens, bertscore=FLAGS.bertscore,
                        classifier_dir=FLAGS.classifier_dir, step=FLAGS.step)

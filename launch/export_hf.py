@@ -4,7 +4,7 @@
         [--adapter_only] [--dtype=float32|bfloat16] [--max_shard_size=2GB] \
         [--which=response] [--step=N | --best]
 
-PATH is anything `merg_jax.loading.load_model` understands: an HF directory, a
+PATH is anything `merg_jax.systems.workdir.load_model` understands: an HF directory, a
 .gguf file, or a training workdir (its newest good checkpoint, or --step /
 --best; --which picks the LLM of a system with several, e.g. MERIA's "mcoe" or
 "response"; the adapter's base_model_name_or_path defaults to the base weights
@@ -61,9 +61,9 @@ def parse_size(text: str) -> int:
 
 def load_for_export(path: str, *, which: str = "response", step: int | None = None, best: bool = False):
     """(model, tokenizer or None).  Missing tokenizer files only warn: weights still export."""
-    from merg_jax.loading import load_model
-    from merg_jax.tokenizer import load_tokenizer
-    from merg_jax.train.restore import is_workdir, load_workdir
+    from merg_jax.convert.loading import load_pretrained
+    from merg_jax.core.tokenizer import load_tokenizer
+    from merg_jax.systems.workdir import is_workdir, load_workdir
 
     if is_workdir(path):
         model, _, info = load_workdir(path, which=which, step=step, best=best, with_tokenizer=False)
@@ -71,7 +71,7 @@ def load_for_export(path: str, *, which: str = "response", step: int | None = No
     else:
         if step is not None or best:
             raise ExportError(f"--step/--best need a training workdir; {path} is not one")
-        model, _ = load_model(path, with_tokenizer=False)
+        model, _ = load_pretrained(path, with_tokenizer=False)
         tok_source = os.path.abspath(os.path.expanduser(path))
     try:
         tokenizer = load_tokenizer(tok_source)
@@ -83,7 +83,7 @@ def load_for_export(path: str, *, which: str = "response", step: int | None = No
 
 def default_base_name(path: str, which: str = "response") -> str:
     """What adapter_config.json records as the base: a workdir's base weights, else `path` itself."""
-    from merg_jax.train.restore import base_path, is_workdir, read_config
+    from merg_jax.systems.workdir import base_path, is_workdir, read_config
 
     path = os.path.abspath(os.path.expanduser(path))
     if is_workdir(path):
@@ -95,7 +95,7 @@ def default_base_name(path: str, which: str = "response") -> str:
 def export(model, tokenizer, output_dir: str, *, adapter_only: bool = False, dtype: str = "float32",
            max_shard_bytes: int = 2 * 10 ** 9, base_model_name_or_path: str = "") -> str:
     """Writes the merged HF directory or the PEFT adapter; returns the output directory."""
-    from merg_jax import lora
+    from merg_jax.convert import lora
     from merg_jax.convert.hf import save_hf
 
     output_dir = os.path.abspath(os.path.expanduser(output_dir))

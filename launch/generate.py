@@ -38,13 +38,12 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     from merg_jax.generation import Generator, SamplingConfig
-    from merg_jax.loading import load_model
+    from merg_jax.systems.workdir import is_workdir, load_model, load_workdir
 
     sampling = SamplingConfig(max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
                               top_p=FLAGS.top_p, top_k=FLAGS.top_k, seed=FLAGS.seed,
                               stop_strings=tuple(FLAGS.stop))
     if FLAGS.step is not None or FLAGS.best:
-        from merg_jax.train.restore import is_workdir, load_workdir
         if not is_workdir(FLAGS.model):
             raise app.UsageError(f"--step/--best need a training workdir; {FLAGS.model} is not one")
         model, tokenizer, _ = load_workdir(FLAGS.model, which=FLAGS.which, step=FLAGS.step, best=FLAGS.best,

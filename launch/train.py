@@ -26,13 +26,14 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> int:
     del argv
-    from merg_jax.train.trainer import Trainer, TrainingDiverged
+    from merg_jax.systems.jobs import make_trainer
+    from merg_jax.train.trainer import TrainingDiverged
 
     if FLAGS.config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/meria.py:smoke")
     logging.getLogger().setLevel(logging.INFO)
     try:
-        trainer = Trainer(FLAGS.config, FLAGS.workdir)
+        trainer = make_trainer(FLAGS.config, FLAGS.workdir)
         trainer.setup()
     except ValueError as e:  # config errors: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)

@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 
 from merg_jax.convert.hf import load_hf, save_hf
-from merg_jax.convert.safetensors_io import SafetensorsFile, save_file
-from merg_jax.loading import load_model
+from merg_jax.core.weights import SafetensorsFile, save_file
+from merg_jax.convert.loading import load_pretrained
 from merg_jax.models.llama import CausalLM, LlamaConfig
 
 CFG = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_layers=2, num_heads=2, num_kv_heads=1)
@@ -50,7 +50,7 @@ def test_good_dir_loads(good_dir):
 def test_missing_directory(tmp_path):
     missing = str(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match=re.escape(missing)):
-        load_model(missing)
+        load_pretrained(missing)
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_hf(missing)
 
@@ -80,7 +80,7 @@ def test_unsupported_architecture(work_dir):
     with pytest.raises(ValueError, match=r"unsupported architecture.*gpt2"):
         load_hf(work_dir)
     with pytest.raises(ValueError, match="gpt2"):
-        load_model(work_dir)
+        load_pretrained(work_dir)
 
 
 def test_missing_tensor(work_dir):
@@ -118,7 +118,7 @@ def test_truncated_safetensors(work_dir, keep):
 def test_gguf_that_does_not_exist(tmp_path):
     path = str(tmp_path / "model.gguf")
     with pytest.raises(FileNotFoundError, match=re.escape(path)):
-        load_model(path)
+        load_pretrained(path)
     from merg_jax.convert.gguf import GGUFCheckpoint
     with pytest.raises(FileNotFoundError, match=re.escape(path)):
         GGUFCheckpoint(path)
@@ -129,11 +129,11 @@ def test_gguf_that_is_garbage(tmp_path):
     with open(path, "wb") as fh:
         fh.write(b"not a gguf file at all" * 10)
     with pytest.raises(ValueError, match=re.escape(path)):
-        load_model(path)
+        load_pretrained(path)
 
 
 def test_peft_dir_without_config(tmp_path, good_dir):
-    from merg_jax import lora
+    from merg_jax.convert import lora
 
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         lora.load_peft(load_hf(good_dir), str(tmp_path))

@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 from input_pipeline.features import registry  # noqa: E402
 from input_pipeline.features import text as text_features  # noqa: E402,F401  (registers)
 from input_pipeline.features.registry import MediaError  # noqa: E402
-from merg_jax.assets import minilm_dir  # noqa: E402
+from merg_jax.core.assets import minilm_dir  # noqa: E402
 from merg_jax.models import bert  # noqa: E402
 
 TOL = 1e-4

@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from merg_jax.assets import minilm_dir  # noqa: E402
+from merg_jax.core.assets import minilm_dir  # noqa: E402
 from merg_jax.evaluation import bertscore, polarity  # noqa: E402
 from merg_jax.models import bert, bert_classifier  # noqa: E402
 

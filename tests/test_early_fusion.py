@@ -118,8 +118,8 @@ def test_two_step_trainer_run(tmp_path):
     from test_train_runtime import _params
 
     from configs.early_fusion import get_config
-    from merg_jax.assets import smollm2_gguf
-    from merg_jax.train.trainer import Trainer
+    from merg_jax.core.assets import smollm2_gguf
+    from merg_jax.systems.jobs import make_trainer
 
     c = get_config("smoke")
     c.model.path = write_tiny_llama(str(tmp_path / "tiny"))
@@ -136,7 +136,7 @@ def test_two_step_trainer_run(tmp_path):
     c.log.every_steps = 1
     c.optimizer.learning_rate = 1e-2
     workdir = str(tmp_path / "run")
-    trainer = Trainer(c, workdir)
+    trainer = make_trainer(c, workdir)
     trainer.setup()
     before = _flat(nnx.to_pure_dict(nnx.state(trainer.model, nnx.Param)))
     summary = trainer.train()

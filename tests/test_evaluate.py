@@ -16,8 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run(tmp_path_factory):
     from ml_collections import config_flags  # noqa: F401  (config files import it)
 
-    from merg_jax.assets import smollm2_gguf
-    from merg_jax.train.trainer import Trainer
+    from merg_jax.core.assets import smollm2_gguf
+    from merg_jax.systems.jobs import make_trainer
     import importlib.util
     root = tmp_path_factory.mktemp("eval")
     spec = importlib.util.spec_from_file_location("tb_cfg", os.path.join(REPO, "configs", "text_baseline.py"))
@@ -31,13 +31,13 @@ def run(tmp_path_factory):
     c.data.global_batch_size = 4
     c.stages.sft.steps = 2
     w = str(root / "work")
-    Trainer(c, w).train()
+    make_trainer(c, w).train()
     return w
 
 
 def test_evaluate_writes_consistent_outputs(run, tmp_path, monkeypatch):
     from merg_jax.evaluation import distinct, emotion
-    from merg_jax.evaluation.run import evaluate
+    from merg_jax.systems.jobs import evaluate_workdir as evaluate
     from merg_jax.systems import common
     real_split, calls = common.split_emotion_response, []
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from merg_jax import lora as L
+from merg_jax.convert import lora as L
 from merg_jax.convert.hf import load_hf, save_hf
-from merg_jax.convert.safetensors_io import SafetensorsFile, TensorDirectory
+from merg_jax.core.weights import SafetensorsFile, TensorDirectory
 from merg_jax.models.layers import LoraConfig
 from tiny_hf import hf_logits, make_hf, randomize_lora, save_hf_model
 
@@ -149,14 +149,14 @@ def test_cli_adapter_only_without_lora_fails(llama_dir, tmp_path):
 
 def test_smollm2_gguf_export_matches_transformers(tmp_path):
     """Real checkpoint: our GGUF import, exported, equals transformers' own GGUF import."""
-    from merg_jax.assets import smollm2_gguf
-    from merg_jax.loading import load_model
+    from merg_jax.core.assets import smollm2_gguf
+    from merg_jax.convert.loading import load_pretrained
 
     try:
         path = smollm2_gguf()
     except FileNotFoundError as err:
         pytest.skip(str(err))
-    model, tokenizer = load_model(path)
+    model, tokenizer = load_pretrained(path)
     out = str(tmp_path / "smollm2")
     save_hf(model, out, tokenizer=tokenizer, dtype="float32")
     del model

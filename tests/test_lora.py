@@ -11,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from merg_jax import lora as L
+from merg_jax.convert import lora as L
 from merg_jax.convert.hf import load_hf
 from merg_jax.models.layers import LoraConfig, LoRAParam
 from tiny_hf import hf_logits, make_hf, randomize_lora, save_hf_model

@@ -11,7 +11,7 @@ import pytest
 from input_pipeline import extract_io, pipeline, prompts, records, schema
 from input_pipeline.avamerg import read_avamerg
 from input_pipeline.synthetic import corpus, mcoe, styles
-from merg_jax.assets import smollm2_gguf
+from merg_jax.core.assets import smollm2_gguf
 
 DIMS = {"audio": 5, "video": 4, "text": 3}
 U = 6  # max_utterances of the pipeline runs below (synthetic histories have <= 5 rows)

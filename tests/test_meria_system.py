@@ -59,7 +59,7 @@ def assets(tmp_path_factory):
 
 def _config(assets, steps=2, **over):
     from configs.meria import get_config
-    from merg_jax.assets import smollm2_gguf
+    from merg_jax.core.assets import smollm2_gguf
     c = get_config("smoke")
     c.mcoe_model.path = c.response_model.path = assets["model"]
     c.data.data_dir = assets["data"]
@@ -90,6 +90,7 @@ def _batch(config, stage_name, split="train", **data):
     from input_pipeline.pipeline import make_iterator
     from merg_jax.systems.meria import Meria
     sys_ = Meria(config)
+    sys_.resolve()
     sys_.validate()
     cfg = sys_.data_config(config.stages[stage_name], split, train=False)
     for k, v in data.items():
@@ -98,9 +99,10 @@ def _batch(config, stage_name, split="train", **data):
 
 
 def _built(config):
-    from merg_jax import sharding as shd
+    from merg_jax.core import sharding as shd
     from merg_jax.systems.meria import Meria
     s = Meria(config)
+    s.resolve()
     s.validate()
     mesh = shd.make_mesh(1, -1, 1)
     return s, s.build(mesh), mesh
@@ -217,7 +219,7 @@ def test_three_stages_train_only_their_params(assets, tmp_path):
     from flax import nnx
 
     from merg_jax.train import partition
-    from merg_jax.train.trainer import Trainer
+    from merg_jax.systems.jobs import make_trainer
     config = _config(assets, response_mcoe="generated")
     # the initial union params (same seed -> same init)
     _, model0, _ = _built(_config(assets, response_mcoe="generated"))
@@ -225,7 +227,7 @@ def test_three_stages_train_only_their_params(assets, tmp_path):
     init = partition.flat(partition.to_params(nnx.state(model0, partition.matcher(union)), jnp.float32))
     init = {k: np.asarray(v) for k, v in init.items()}
     workdir = str(tmp_path / "run")
-    summary = Trainer(config, workdir).train()
+    summary = make_trainer(config, workdir).train()
     assert summary["status"] == "done" and summary["step"] == 6, summary
     for name in ("pdr", "mcoe", "response"):
         assert np.isfinite(summary["stages"][name]["loss"]), summary
@@ -243,7 +245,7 @@ def test_three_stages_train_only_their_params(assets, tmp_path):
     assert json.load(open(os.path.join(gen, "data", "manifest.json")))["generated_mcoe"]["train"] >= 4
 
     # evaluation of the trained run: chain -> response per example, latent probes and pictures
-    from merg_jax.evaluation.run import evaluate
+    from merg_jax.systems.jobs import evaluate_workdir as evaluate
     out = str(tmp_path / "eval")
     m = evaluate(workdir, split="valid", output_dir=out, batch_size=2, max_new_tokens=6, bertscore=False)
     rows = [json.loads(line) for line in open(os.path.join(out, "predictions.jsonl"))]

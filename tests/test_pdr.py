@@ -13,7 +13,7 @@ from flax import nnx
 from merg_jax.models import fusion as F
 from merg_jax.models.pdr import (MODALITIES, PDR, Latent, PDRConfig, PDROutput, batch_hard_triplet,
                                  kl_standard_normal, masked_cross_entropy, pdr_losses, reparameterize)
-from merg_jax.sharding import LOGICAL_RULES
+from merg_jax.core.sharding import LOGICAL_RULES
 
 TINY = dict(feature_dims={"audio": 6, "video": 5, "text": 7}, latent_dim=3, hidden_dim=8,
             num_hidden_layers=1, profile_classes={"age": 3, "gender": 2})

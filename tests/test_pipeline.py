@@ -14,7 +14,7 @@ grain = pytest.importorskip("grain")
 from array_record.python.array_record_module import ArrayRecordWriter  # noqa: E402
 
 from input_pipeline import pipeline, prompts, records  # noqa: E402
-from merg_jax.assets import smollm2_gguf  # noqa: E402
+from merg_jax.core.assets import smollm2_gguf  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIMS = {"audio": 8, "video": 6, "text": 4}
@@ -65,7 +65,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok():
-    from merg_jax.tokenizer import load_tokenizer
+    from merg_jax.core.tokenizer import load_tokenizer
     return load_tokenizer(smollm2_gguf())
 
 
@@ -282,7 +282,7 @@ def test_global_arrays_on_8_devices(data, tmp_path):
     script = textwrap.dedent(f"""
         import numpy as np, jax
         from jax.sharding import PartitionSpec as P
-        from merg_jax.sharding import make_mesh
+        from merg_jax.core.sharding import make_mesh
         from input_pipeline.pipeline import to_global
         assert jax.device_count() == 8, jax.devices()
         batch = dict(np.load({str(tmp_path / 'batch.npz')!r}))

@@ -13,9 +13,9 @@ import pytest
 import torch
 import transformers
 
-from merg_jax import assets
+from merg_jax.core import assets
 from merg_jax.generation import Generator, SamplingConfig, sample_logits
-from merg_jax.loading import load_model
+from merg_jax.convert.loading import load_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["I failed my driving test today.",
@@ -26,7 +26,7 @@ PROMPTS = ["I failed my driving test today.",
 @pytest.fixture(scope="module")
 def smol():
     path = assets.smollm2_gguf()
-    model, tok = load_model(path)
+    model, tok = load_pretrained(path)
     ref = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
     return path, model, tok, ref, Generator(model, tok)

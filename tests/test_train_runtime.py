@@ -29,7 +29,7 @@ def assets(tmp_path_factory):
 
 
 def _args(assets, workdir, steps=8, every=2, extra=()):
-    from merg_jax.assets import smollm2_gguf
+    from merg_jax.core.assets import smollm2_gguf
     return [sys.executable, os.path.join(REPO, "launch", "train.py"),
             "--config=" + os.path.join(REPO, "configs", "text_baseline.py") + ":smoke",
             f"--workdir={workdir}", f"--config.model.path={assets['model']}",

@@ -60,8 +60,8 @@ def _logits(model, ids) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from merg_jax.assets import smollm2_gguf
-    from merg_jax.train.trainer import Trainer
+    from merg_jax.core.assets import smollm2_gguf
+    from merg_jax.systems.jobs import make_trainer
 
     try:
         gguf = smollm2_gguf()
@@ -88,7 +88,7 @@ def run(tmp_path_factory):
     c.log.eval_every = EVERY
     c.log.eval_batches = 1
     workdir = str(root / "work")
-    trainer = Trainer(c, workdir)
+    trainer = make_trainer(c, workdir)
     summary = trainer.train()
     assert summary["status"] == "done", summary
     ids = np.random.default_rng(0).integers(0, 49152, size=(2, 24)).astype(np.int64)
@@ -98,9 +98,9 @@ def run(tmp_path_factory):
 
 
 def test_load_model_gives_the_trained_lora(run):
-    from merg_jax import lora
-    from merg_jax.loading import load_model
-    from merg_jax.tokenizer import load_tokenizer
+    from merg_jax.convert import lora
+    from merg_jax.systems.workdir import load_model
+    from merg_jax.core.tokenizer import load_tokenizer
 
     llm, tok = load_model(run.workdir)
     got = _lora(llm, "llm/")
@@ -114,8 +114,8 @@ def test_load_model_gives_the_trained_lora(run):
 
 def test_merged_export_reloads_with_the_same_logits(run, tmp_path):
     from merg_jax.convert.hf import save_hf
-    from merg_jax.loading import load_model
-    from merg_jax.train.restore import load_workdir
+    from merg_jax.systems.workdir import load_model
+    from merg_jax.systems.workdir import load_workdir
 
     llm, tok, info = load_workdir(run.workdir)
     assert info["step"] == STEPS and info["base_path"] == run.base and info["stage"] == "done"
@@ -132,7 +132,7 @@ def test_merged_export_reloads_with_the_same_logits(run, tmp_path):
 
 
 def test_export_cli_adapter_only(run, tmp_path):
-    from merg_jax import lora
+    from merg_jax.convert import lora
     from merg_jax.convert.hf import load_hf
 
     out = str(tmp_path / "adapter")
@@ -152,7 +152,7 @@ def test_export_cli_adapter_only(run, tmp_path):
 
 
 def test_step_best_and_fallback(run, tmp_path, caplog):
-    from merg_jax.train.restore import load_workdir
+    from merg_jax.systems.workdir import load_workdir
 
     llm, _, info = load_workdir(run.workdir, step=EVERY, with_tokenizer=False)
     assert info["step"] == EVERY and info["stage"] == "sft"
@@ -171,7 +171,7 @@ def test_step_best_and_fallback(run, tmp_path, caplog):
         for f in files:
             with open(os.path.join(d, f), "r+b") as fh:
                 fh.truncate(0)
-    with caplog.at_level(logging.WARNING, logger="merg_jax.train.restore"):
+    with caplog.at_level(logging.WARNING, logger="merg_jax.train.checkpoint"):
         llm, _, info = load_workdir(w, with_tokenizer=False)
     assert info["step"] == EVERY
     assert any(f"checkpoint {STEPS}" in r.getMessage() and "trying the one before" in r.getMessage()
@@ -182,9 +182,9 @@ def test_step_best_and_fallback(run, tmp_path, caplog):
 
 
 def test_errors(run, tmp_path):
-    from merg_jax.loading import load_model
+    from merg_jax.systems.workdir import load_model
     from merg_jax.models.layers import LoraConfig
-    from merg_jax.train.restore import load_workdir
+    from merg_jax.systems.workdir import load_workdir
 
     with pytest.raises(ValueError, match="defines its own adapters"):
         load_model(run.workdir, lora=LoraConfig(rank=4, alpha=8.0))

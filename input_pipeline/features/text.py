@@ -77,7 +77,7 @@ class BertTextExtractor(Extractor):
         from merg_jax.models import bert  # heavy imports only when an extractor is made
 
         if model_path is None:
-            from merg_jax.assets import minilm_dir
+            from merg_jax.core.assets import minilm_dir
             model_path = minilm_dir()
         self.model_path = os.path.abspath(os.path.expanduser(model_path))
         self.cfg = bert.read_config(self.model_path)

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from merg_jax.convert.safetensors_io import TensorDirectory, save_file
+from merg_jax.core.weights import TensorDirectory, save_file
 from merg_jax.models.layers import LoraConfig, LoRAParam
 from merg_jax.models.llama import CausalLM, LlamaConfig
-from merg_jax.sharding import named_sharding
+from merg_jax.core.sharding import named_sharding
 
 log = logging.getLogger(__name__)
 _LEAF_SUFFIX = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}

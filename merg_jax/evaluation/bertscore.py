@@ -12,7 +12,7 @@ log(M+1)); either way w([CLS]) = w([SEP]) = 0.  As in bert-score, the special
 tokens are not scored (weight 0) but stay candidates inside the max.  A sentence
 that is empty after strip() scores P = R = F1 = 0.  Seed 000 reports BERTScore
 with roberta-large (bert-score's default layer 17); our default encoder is the
-local all-MiniLM-L6-v2 (`merg_jax.assets.minilm_dir()`).
+local all-MiniLM-L6-v2 (`merg_jax.core.assets.minilm_dir()`).
 
 Known difference: bert-score takes each max over a zero-padded similarity
 matrix, so a token whose best cosine is negative gets 0 when its partner sentence
@@ -114,7 +114,7 @@ class BertScorer:
     def __init__(self, model_dir: str | None = None, layer: int | None = None, *,
                  batch_size: int = 64, model: bert.BertModel | None = None, tokenizer: Any = None):
         if model_dir is None:
-            from merg_jax.assets import minilm_dir
+            from merg_jax.core.assets import minilm_dir
             model_dir = minilm_dir()
         self.model_dir = model_dir
         if model is None or tokenizer is None:

@@ -47,19 +47,21 @@ def _records(cfg) -> dict[str, dict]:
     return out
 
 
-def evaluate(workdir: str, *, split: str = "test", output_dir: str = "", max_examples: int = 0,
+def evaluate(llm, tokenizer, info: dict, *, split: str = "test", output_dir: str = "", max_examples: int = 0,
              batch_size: int = 8, max_new_tokens: int = 96, bertscore: bool = True,
-             classifier_dir: str = "", plots: bool = True, step: int | None = None) -> dict[str, Any]:
+             classifier_dir: str = "", plots: bool = True) -> dict[str, Any]:
+    """Scores a loaded run over `split`: (llm, tokenizer, info) as
+    `merg_jax.systems.workdir.load_workdir` returns them (info carries the system, its model
+    tree, the workdir and the step); `merg_jax.systems.jobs.evaluate_workdir` does both."""
     from input_pipeline.pipeline import make_iterator, to_global
+    from merg_jax.core.sharding import make_mesh
     from merg_jax.evaluation import distinct, emotion, report, submission
     from merg_jax.evaluation.perplexity import context_free_batch, perplexity, target_nll
-    from merg_jax.train.restore import load_workdir
 
+    workdir = info["workdir"]
     output_dir = output_dir or os.path.join(workdir, f"eval_{split}")
     os.makedirs(output_dir, exist_ok=True)
-    llm, tokenizer, info = load_workdir(workdir, which="response", step=step)
     system, model = info["system_obj"], info["model"]
-    from merg_jax.sharding import make_mesh
     mesh = make_mesh(1, -1, 1)
 
     # 1) generation over the prompt-only view

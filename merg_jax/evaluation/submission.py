@@ -11,6 +11,8 @@ import os
 from collections import OrderedDict
 from typing import Any, Iterable, Mapping, Sequence
 
+from merg_jax.core.io import write_text
+
 __all__ = ["PREDICTION_KEYS", "build_submission", "write_submission", "write_predictions_jsonl",
            "read_predictions_jsonl"]
 
@@ -60,16 +62,8 @@ def build_submission(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def write_submission(path: str, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """`build_submission(rows)` written as UTF-8 JSON (indent 2) to `path`; returns it."""
     sub = build_submission(rows)
-    _atomic_write(path, json.dumps(sub, ensure_ascii=False, indent=2) + "\n")
+    write_text(path, json.dumps(sub, ensure_ascii=False, indent=2) + "\n")
     return sub
-
-
-def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def write_predictions_jsonl(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -82,7 +76,7 @@ def write_predictions_jsonl(path: str, rows: Sequence[Mapping[str, Any]]) -> Non
         ordered = {k: row[k] for k in PREDICTION_KEYS}
         ordered.update({k: v for k, v in row.items() if k not in ordered})
         lines.append(json.dumps(ordered, ensure_ascii=False))
-    _atomic_write(path, "".join(line + "\n" for line in lines))
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def read_predictions_jsonl(path: str) -> list[dict[str, Any]]:

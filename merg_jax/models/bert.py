@@ -5,7 +5,7 @@ default) whose outputs match the PyTorch reference, so the layer maths follows H
 `BertModel` exactly (post-LayerNorm, erf GELU, additive key mask).  Layer weights are
 stacked on a leading `layers` axis and run under `jax.lax.scan`, which keeps the
 compile time flat in depth.  Parameters carry logical axis names (flax 0.12 stores
-them under the `out_sharding` metadata key) that `merg_jax.sharding` maps to a mesh.
+them under the `out_sharding` metadata key) that `merg_jax.core.sharding` maps to a mesh.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from merg_jax.convert.safetensors_io import TensorDirectory
-from merg_jax.sharding import constrain
+from merg_jax.core.weights import TensorDirectory
+from merg_jax.core.sharding import constrain
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _pad_id(cfg: dict[str, Any]) -> int:
 
 
 def _param(value: jax.Array, names: tuple[str | None, ...]) -> nnx.Param:
-    # Logical names only; the mesh placement happens later in merg_jax.sharding,
+    # Logical names only; the mesh placement happens later in merg_jax.core.sharding,
     # so flax must not try to shard eagerly (it would need a mesh and our rules).
     return nnx.Param(value, out_sharding=names, eager_sharding=False)
 
@@ -420,5 +420,5 @@ def load_bert(path: str, dtype=jnp.float32, param_dtype=jnp.float32, precision: 
     tok_files = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model")
     if not any(os.path.exists(os.path.join(path, n)) for n in tok_files):
         raise FileNotFoundError(f"no tokenizer files in {path}: expected one of {list(tok_files)}")
-    from merg_jax.tokenizer import load_tokenizer  # transformers import is slow; only when needed
+    from merg_jax.core.tokenizer import load_tokenizer  # transformers import is slow; only when needed
     return model, load_tokenizer(path)

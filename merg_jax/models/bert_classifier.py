@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from merg_jax.convert.safetensors_io import TensorDirectory
+from merg_jax.core.weights import TensorDirectory
 from merg_jax.models import bert
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def load_bert_classifier(path: str, dtype=jnp.float32, param_dtype=jnp.float32, 
              ", ".join(model.labels))
     if not with_tokenizer:
         return model, None
-    from merg_jax.tokenizer import load_tokenizer
+    from merg_jax.core.tokenizer import load_tokenizer
     return model, load_tokenizer(path)
 
 

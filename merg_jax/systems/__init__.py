@@ -12,6 +12,10 @@ SYSTEMS = {
 
 
 def get_system(name: str):
+    """The System class `config.system` names."""
+    if not name:
+        raise ValueError("config: system is empty; use a config file from configs/ "
+                         "(e.g. --config=configs/meria.py:smoke)")
     if name not in SYSTEMS:
         raise ValueError(f"config.system={name!r} is unknown; use one of {sorted(SYSTEMS)}")
     module, cls = SYSTEMS[name].split(":")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from merg_jax import assets
+from merg_jax.core import assets
 from merg_jax.models.layers import LoraConfig
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,13 @@ class System:
         self.config = config
 
     # -- set-up ---------------------------------------------------------------
+    def resolve(self) -> None:
+        """Turns the config's system switches (ablations) into stages, in place and idempotent;
+        the runtime calls it before validate()."""
+
     def validate(self) -> None:
-        """Config checks specific to the system (raise ValueError saying what to change)."""
+        """Config checks specific to the system (raise ValueError saying what to change); reads
+        the config, never changes it."""
 
     def build(self, mesh: jax.sharding.Mesh) -> nnx.Module:
         raise NotImplementedError
@@ -108,7 +113,7 @@ def model_defaults(**kw) -> ml_collections.ConfigDict:
 def build_llm(c: ml_collections.ConfigDict, mesh, seed: int):
     """(CausalLM, base reference) from a model config block."""
     from merg_jax.convert import hf as hf_convert
-    from merg_jax.loading import load_model
+    from merg_jax.convert.loading import load_pretrained
     from merg_jax.train.checkpoint import file_checksum
 
     path = model_path(c.path)
@@ -124,14 +129,14 @@ def build_llm(c: ml_collections.ConfigDict, mesh, seed: int):
         cfg = LlamaConfig.from_hf(hf_cfg, **overrides)
         model = _random_init(cfg, lora, mesh, seed)
         return model, {"path": path, "checksum": "random-init", "init": "random"}
-    model, _ = load_model(path, lora=lora, mesh=mesh, with_tokenizer=False, **overrides)
+    model, _ = load_pretrained(path, lora=lora, mesh=mesh, with_tokenizer=False, **overrides)
     return model, {"path": path, "checksum": file_checksum(path)}
 
 
 def _random_init(cfg, lora, mesh, seed):
     """Random weights created directly in their shards (no host copy of a large model)."""
     from merg_jax.models.llama import CausalLM
-    from merg_jax.sharding import state_shardings
+    from merg_jax.core.sharding import state_shardings
 
     abstract = nnx.eval_shape(lambda: CausalLM(cfg, lora=lora, rngs=nnx.Rngs(seed)))
     shardings = state_shardings(nnx.state(abstract), mesh)

@@ -164,7 +164,7 @@ class EarlyFusionModel(nnx.Module):
 
 def _sharded(make, mesh):
     """Builds small modules (a pytree of them) with their params created directly in their shards."""
-    from merg_jax.sharding import state_shardings
+    from merg_jax.core.sharding import state_shardings
     abstract = nnx.eval_shape(make)
     shardings = state_shardings(nnx.state(abstract), mesh)
     state = jax.jit(lambda: nnx.state(make()), out_shardings=shardings)()

@@ -213,6 +213,9 @@ class Meria(System):
         super().__init__(config)
         self._bases: dict[str, dict] = {}
 
+    def resolve(self) -> None:
+        resolve_stages(self.config)
+
     def validate(self) -> None:
         c = self.config
         if c.response_mcoe not in ("gold", "generated"):
@@ -224,7 +227,6 @@ class Meria(System):
         if c.data.get("packing"):
             raise ValueError("data.packing is not supported by MERIA (the LLMs have no segment "
                              "masking); set --config.data.packing=False")
-        resolve_stages(c)
         from input_pipeline import prompts
         for n in c.stage_order:
             s = c.stages[n]

@@ -141,7 +141,7 @@ def generate_split(system, stage_mcoe, model, split: str, mesh) -> dict[str, str
 
 
 def _default_tokenizer() -> str:
-    from merg_jax.assets import smollm2_gguf
+    from merg_jax.core.assets import smollm2_gguf
     return smollm2_gguf()
 
 

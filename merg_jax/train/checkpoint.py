@@ -10,16 +10,23 @@ weights fails loudly instead of silently producing a different model.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+LATEST_ITEMS = ("params", "opt_state", "data", "meta")
+BEST_ITEMS = ("params", "meta")
+
+
+class BaseMismatch(ValueError):
+    """The checkpoint was trained on other frozen weights: an error, never a reason to fall back."""
 
 
 def file_checksum(path: str, chunk: int = 16 << 20) -> str:
@@ -84,9 +91,6 @@ class Checkpointer:
         self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                                      meta=ocp.args.JsonSave(meta)), metrics=metrics)
 
-    def read_meta(self, step: int) -> dict:
-        return dict(self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-
     def restore(self, step: int, abstract_params: Any, *, abstract_opt_state: Any = None,
                 data_iter=None) -> tuple[Any, Any]:
         """(params, opt_state); the data iterator's state is restored in place."""
@@ -118,7 +122,7 @@ def check_base(meta: dict, bases: dict[str, dict]) -> None:
         if now is None:
             continue
         if ref.get("checksum") and now.get("checksum") and ref["checksum"] != now["checksum"]:
-            raise ValueError(
+            raise BaseMismatch(
                 f"checkpoint was trained on base {name!r} = {ref.get('path')} (checksum "
                 f"{ref['checksum'][:12]}), but {now.get('path')} (checksum {now['checksum'][:12]}) is "
                 "loaded now; point the config at the original weights or start a new workdir")
@@ -130,15 +134,80 @@ def abstract_like(tree: Any) -> Any:
                         tree)
 
 
-def write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+@contextlib.contextmanager
+def quiet_orbax(level: int = logging.WARNING):
+    """Orbax logs every restore step at INFO through absl; a CLI's stderr should not drown in it."""
+    absl_log = logging.getLogger("absl")
+    old = absl_log.level
+    absl_log.setLevel(max(old, level))
+    try:
+        yield
+    finally:
+        absl_log.setLevel(old)
 
 
-def read_json(path: str) -> Optional[dict]:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+def open_reader(directory: str, *, best: bool = False) -> ocp.CheckpointManager:
+    """A read-only manager over checkpoints/ (or best/, ranked as `Checkpointer` saved it)."""
+    kw = {}
+    if best:  # lowest eval_loss is best
+        kw = dict(best_fn=lambda m: m.get("eval_loss", float("inf")), best_mode="min",
+                  keep_checkpoints_without_metrics=True)
+    with quiet_orbax(logging.ERROR):  # also its "directory is read only" notices
+        opts = ocp.CheckpointManagerOptions(read_only=True, create=False, enable_async_checkpointing=False, **kw)
+        return ocp.CheckpointManager(directory, options=opts, item_names=BEST_ITEMS if best else LATEST_ITEMS)
+
+
+def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+    with quiet_orbax():
+        return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+
+def candidate_steps(mngr: ocp.CheckpointManager, *, best: bool = False) -> list[int]:
+    """Newest first; for a best/ manager the best step first, then the others newest first."""
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not best:
+        return steps
+    top = mngr.best_step()
+    return ([top] if top is not None else []) + [s for s in steps if s != top]
+
+
+def restore_newest(mngr: ocp.CheckpointManager, restore: Callable[[int, dict], Any], *,
+                   steps: Sequence[int], bases: dict[str, dict], where: str, exact: bool = False,
+                   none_if_all_fail: bool = False) -> tuple[int, dict, Any] | None:
+    """The one "newest good checkpoint" loop: (step, meta, restore(step, meta)) of the first of
+    `steps` whose meta reads and whose `restore` succeeds, or None when `steps` is empty.
+
+    A checkpoint that does not read or restore is skipped with a warning for the one before
+    it; one trained on other base weights raises `BaseMismatch` at once.  `exact` (a step the
+    user asked for): its failure is raised, with no fallback.  When every one fails, a
+    ValueError lists them, or with `none_if_all_fail` (resume: start over) None is returned.
+    """
+    errors = []
+    for step in steps:
+        try:
+            meta = read_meta(mngr, step)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
+            if exact:
+                raise
+            log.warning("checkpoint %d in %s has no readable meta (%s: %s); trying the one before",
+                        step, where, type(e).__name__, e)
+            errors.append((step, e))
+            continue
+        check_base(meta, bases)
+        try:
+            with quiet_orbax():
+                out = restore(step, meta)
+        except BaseMismatch:
+            raise
+        except Exception as e:  # noqa: BLE001 - a partial or incompatible checkpoint: the one before
+            if exact:
+                raise
+            log.warning("checkpoint %d in %s could not be restored (%s: %s); trying the one before",
+                        step, where, type(e).__name__, str(e)[:300])
+            errors.append((step, e))
+            continue
+        return step, meta, out
+    if errors and not none_if_all_fail:
+        tried = ", ".join(f"{s} ({type(e).__name__}: {str(e)[:120]})" for s, e in errors)
+        raise ValueError(f"no checkpoint in {where} could be restored; tried {tried}")
+    return None

@@ -32,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.preset = ""
     c.seed = 0
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-    c.mesh.rules = ()  # () = merg_jax.sharding.LOGICAL_RULES; else ((logical, mesh axes), ...)
+    c.mesh.rules = ()  # () = merg_jax.core.sharding.LOGICAL_RULES; else ((logical, mesh axes), ...)
     c.optimizer = optim.default_config()
     c.stages = ml_collections.ConfigDict()
     c.stage_order = ()

@@ -65,6 +65,20 @@ def merge(graphdef, template: nnx.State, params: dict, rest: nnx.State) -> nnx.M
     return nnx.merge(graphdef, state, rest)
 
 
+def set_params(model: nnx.Module, patterns: Sequence[str], params: dict) -> None:
+    """Writes (float32) params into the model's variables at `patterns`, each cast to the
+    variable's own dtype (a bf16 frozen layer stays bf16)."""
+    state = nnx.state(model, matcher(patterns))
+    params = jax.tree.map(lambda p, t: p.astype(t.dtype), params, nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+
+
+def union(stages) -> list[str]:
+    """Every pattern some stage trains: what a checkpoint stores."""
+    return sorted({p for s in stages for p in s.trainable})
+
+
 def flat(params: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in params.items():

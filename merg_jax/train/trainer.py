@@ -25,7 +25,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from merg_jax import sharding as shd
+from merg_jax.core import sharding as shd
+from merg_jax.core.io import write_json
 from merg_jax.train import checkpoint as ckpt_lib
 from merg_jax.train import data as data_lib
 from merg_jax.train import distributed, optim, partition
@@ -65,18 +66,6 @@ def _mesh(config) -> jax.sharding.Mesh:
                          f"devices on {jax.process_count()} process(es))") from None
 
 
-def _union(stages) -> list[str]:
-    return sorted({p for _, s in stages for p in s.trainable})
-
-
-def _set_params(model: nnx.Module, patterns, params: dict) -> None:
-    """Writes (float32) params into the model, each cast to the variable's own dtype."""
-    state = nnx.state(model, partition.matcher(patterns))
-    params = jax.tree.map(lambda p, t: p.astype(t.dtype), params, nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-
-
 def _pick(like: dict, src: dict) -> dict:
     """The entries of `src` at the paths of `like`."""
     return {k: _pick(v, src[k]) if isinstance(v, dict) else src[k] for k, v in like.items()}
@@ -90,15 +79,21 @@ def _deep_update(base: dict, new: dict) -> dict:
 
 
 class Trainer:
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    """Runs `system`'s stages on the mesh of `config` into `workdir` (see the module docstring).
+
+    `system` is an instance of a `merg_jax.systems` class built on the same config; the
+    runtime calls its resolve() (config switches -> stages) and validate() before any
+    device work, so a wrong config fails in the first second."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, system):
         distributed.initialize(config.get("distributed"))
-        from merg_jax.systems import get_system
+        self.system = system
+        system.resolve()
         validate(config)
+        system.validate()
         self.config = config
         self.workdir = os.path.abspath(workdir)
         self.mesh = _mesh(config)
-        self.system = get_system(config.system)(config)
-        self.system.validate()
         self.stages = [(n, config.stages[n]) for n in config.stage_order]
         self.is_main = jax.process_index() == 0
         os.makedirs(self.workdir, exist_ok=True)
@@ -120,7 +115,7 @@ class Trainer:
             self.model = self.system.build(self.mesh)
         for name, s in self.stages:
             partition.check_patterns(self.model, s.trainable, f"stages.{name}.trainable")
-        self.union = _union(self.stages)
+        self.union = partition.union(s for _, s in self.stages)
         self.bases = self.system.bases()
         c = self.config.checkpoint
         self.ckpt = ckpt_lib.Checkpointer(self.workdir, keep=c.keep, keep_best=c.keep_best,
@@ -128,7 +123,7 @@ class Trainer:
                                           async_save=c.async_save)
         self.writer = make_writer(os.path.join(self.workdir, "tensorboard"), enabled=self.is_main)
         if self.is_main:
-            ckpt_lib.write_json(os.path.join(self.workdir, "config.json"), self.config.to_dict())
+            write_json(os.path.join(self.workdir, "config.json"), self.config.to_dict(), sort_keys=True)
             self.writer.write_hparams({"system": self.config.system, "workdir": self.workdir})
 
     def _setup_stage(self, index: int) -> StageRun:
@@ -160,38 +155,32 @@ class Trainer:
     def _resume(self) -> tuple[int, int, int, StageRun | None]:
         """(global step, stage index, stage step, stage run with restored state) from the newest
         checkpoint that restores; a corrupt or incomplete one is skipped with a warning."""
-        for step in self.ckpt.steps():
-            try:
-                meta = self.ckpt.read_meta(step)
-            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
-                log.warning("checkpoint %d in %s/checkpoints has no readable meta (%s: %s); "
-                            "trying the one before", step, self.workdir, type(e).__name__, e)
-                continue
-            ckpt_lib.check_base(meta, self.bases)
+        def restore(step: int, meta: dict):
             index, stage_step = int(meta["stage_index"]), int(meta["stage_step"])
-            try:
-                run = None
-                if 0 < stage_step and index < len(self.stages):
-                    # The stage had started, so its preparation finished before: this only
-                    # re-points the system at the outputs (systems skip work already done).
-                    self.system.prepare_stage(self.stages[index][1], self.model, self.workdir, self.mesh)
-                    run = self._setup_stage(index)
-                abstract = ckpt_lib.abstract_like(self._union_params(None))
-                params, opt_state = self.ckpt.restore(
-                    step, abstract, abstract_opt_state=None if run is None else ckpt_lib.abstract_like(run.opt_state),
-                    data_iter=None if run is None else run.iterator)
-            except Exception as e:  # noqa: BLE001
-                log.warning("checkpoint %d in %s/checkpoints could not be restored (%s: %s); "
-                            "trying the one before", step, self.workdir, type(e).__name__, str(e)[:300])
-                continue
-            _set_params(self.model, self.union, params)
-            if run is not None:
-                run.params = _pick(run.params, params)
-                run.opt_state = opt_state
-            log.info("resumed from step %d (stage %s, step %d of the stage) in %s", step, meta["stage"],
-                     stage_step, self.workdir)
-            return step, index, stage_step, run
-        return 0, 0, 0, None
+            run = None
+            if 0 < stage_step and index < len(self.stages):
+                # The stage had started, so its preparation finished before: this only
+                # re-points the system at the outputs (systems skip work already done).
+                self.system.prepare_stage(self.stages[index][1], self.model, self.workdir, self.mesh)
+                run = self._setup_stage(index)
+            abstract = ckpt_lib.abstract_like(self._union_params(None))
+            params, opt_state = self.ckpt.restore(
+                step, abstract, abstract_opt_state=None if run is None else ckpt_lib.abstract_like(run.opt_state),
+                data_iter=None if run is None else run.iterator)
+            return index, stage_step, run, params, opt_state
+
+        found = ckpt_lib.restore_newest(self.ckpt.latest, restore, steps=self.ckpt.steps(), bases=self.bases,
+                                        where=os.path.join(self.workdir, "checkpoints"), none_if_all_fail=True)
+        if found is None:
+            return 0, 0, 0, None
+        step, meta, (index, stage_step, run, params, opt_state) = found
+        partition.set_params(self.model, self.union, params)
+        if run is not None:
+            run.params = _pick(run.params, params)
+            run.opt_state = opt_state
+        log.info("resumed from step %d (stage %s, step %d of the stage) in %s", step, meta["stage"],
+                 stage_step, self.workdir)
+        return step, index, stage_step, run
 
     # -- step -----------------------------------------------------------------
     def _make_step(self, run: StageRun, batch: dict):
@@ -405,7 +394,7 @@ class Trainer:
             if loss is not None:
                 last["eval_loss"] = loss
                 self._save_best(run, step, loss)
-        _set_params(self.model, run.cfg.trainable, run.params)
+        partition.set_params(self.model, run.cfg.trainable, run.params)
         self._save(step, run, stage_step, boundary=True)
         last.update(_compile_count(run.name, step_fn, len(flops_by_shape)))
         return "done", step, last

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from merg_jax.convert.hf import hf_name
-from merg_jax.convert.safetensors_io import SafetensorsFile, save_file
+from merg_jax.core.weights import SafetensorsFile, save_file
 from merg_jax.models.layers import Linear, LoraConfig, LoRAParam
 from merg_jax.models.llama import CausalLM
 
@@ -119,7 +119,7 @@ def apply_lora(model: CausalLM, lora: LoraConfig, seed: int = 0) -> CausalLM:
             kernel = old.get(path[:-1] + ("kernel",))
             sharding = getattr(kernel.get_value(), "sharding", None) if kernel is not None else None
             if isinstance(sharding, jax.sharding.NamedSharding):
-                from merg_jax.sharding import named_sharding
+                from merg_jax.core.sharding import named_sharding
                 value = jax.device_put(value, named_sharding(sharding.mesh, var.get_metadata()["out_sharding"],
                                                              value.shape))
         else:

@@ -3,15 +3,17 @@
     llm, tokenizer, info = load_workdir("runs/text_baseline")        # newest good checkpoint
     llm, tokenizer, info = load_workdir(w, best=True)                 # best/<step> by eval loss
     llm, tokenizer, info = load_workdir(w, which="mcoe", step=1200)   # one LLM of a multi-LLM system
+    llm, tokenizer = load_model(path)            # a workdir, an HF directory or a .gguf file
 
 The frozen base comes from the paths in the saved config (checked against the
 checksums the checkpoint recorded); the checkpoint's "params" item (every
 parameter some stage trains, float32) is written over it.  LoRA adapters stay
 unmerged, so the result exports as a PEFT adapter as well as merged weights.
+The checkpoint is picked by the same loop the trainer resumes with
+(`merg_jax.train.checkpoint.restore_newest`).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -21,10 +23,17 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from merg_jax.convert.loading import load_pretrained
+from merg_jax.core import sharding as shd
+from merg_jax.core.tokenizer import load_tokenizer
+from merg_jax.models.layers import LoraConfig
+from merg_jax.systems import get_system
+from merg_jax.systems.base import model_path
+from merg_jax.train import checkpoint as ckpt_lib
+from merg_jax.train import partition
+
 log = logging.getLogger(__name__)
 
-ITEMS = ("params", "opt_state", "data", "meta")
-BEST_ITEMS = ("params", "meta")
 # Model-block fields a caller may override at load time (inference-only knobs).
 MODEL_OVERRIDES = ("dtype", "param_dtype", "remat")
 
@@ -67,7 +76,6 @@ def model_block(config: ml_collections.ConfigDict, which: str) -> ml_collections
 
 
 def base_path(config: ml_collections.ConfigDict, which: str = "response") -> str:
-    from merg_jax.systems.base import model_path
     return model_path(model_block(config, which).path)
 
 
@@ -85,55 +93,6 @@ def _rules(rules) -> tuple:
     return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
 
 
-def _union(config: ml_collections.ConfigDict, meta: dict) -> list[str]:
-    if meta.get("union"):
-        return list(meta["union"])
-    return sorted({p for name in config.stage_order for p in config.stages[name].trainable})
-
-
-def _set_params(model: nnx.Module, patterns, params: dict) -> None:
-    """Writes (float32) params into the model, each cast to the variable's own dtype
-    (as `merg_jax.train.trainer._set_params`)."""
-    import jax
-
-    from merg_jax.train import partition
-    state = nnx.state(model, partition.matcher(patterns))
-    params = jax.tree.map(lambda p, t: p.astype(t.dtype), params, nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-
-
-@contextlib.contextmanager
-def _quiet_orbax(level: int = logging.WARNING):
-    """Orbax logs every restore step at INFO through absl; a CLI's stderr should not drown in it."""
-    absl_log = logging.getLogger("absl")
-    old = absl_log.level
-    absl_log.setLevel(max(old, level))
-    try:
-        yield
-    finally:
-        absl_log.setLevel(old)
-
-
-def _manager(directory: str, items, best: bool = False):
-    import orbax.checkpoint as ocp
-    kw = {}
-    if best:  # ranks best/ the way Checkpointer saved it (lowest eval_loss is best)
-        kw = dict(best_fn=lambda m: m.get("eval_loss", float("inf")), best_mode="min",
-                  keep_checkpoints_without_metrics=True)
-    with _quiet_orbax(logging.ERROR):  # also its "directory is read only" notices
-        opts = ocp.CheckpointManagerOptions(read_only=True, create=False, enable_async_checkpointing=False,
-                                            **kw)
-        return ocp.CheckpointManager(directory, options=opts, item_names=items)
-
-
-def _best_order(mngr) -> list[int]:
-    """Steps of a best/ manager: the best one first, then the others newest first."""
-    steps = sorted(mngr.all_steps(), reverse=True)
-    top = mngr.best_step()
-    return ([top] if top is not None else []) + [s for s in steps if s != top]
-
-
 def load_workdir(workdir: str, *, which: str = "response", mesh=None, step: int | None = None,
                  best: bool = False, with_tokenizer: bool = True, overrides: dict | None = None
                  ) -> tuple[Any, Any, dict]:
@@ -144,13 +103,6 @@ def load_workdir(workdir: str, *, which: str = "response", mesh=None, step: int 
     when checkpoint.best_by_eval is on) instead of checkpoints/.  `overrides` may set the LLM
     block's dtype / param_dtype / remat (e.g. float32 activations for generation).
     """
-    import orbax.checkpoint as ocp
-
-    from merg_jax import sharding as shd
-    from merg_jax.systems import get_system
-    from merg_jax.train import checkpoint as ckpt_lib
-    from merg_jax.train import partition
-
     workdir = os.path.abspath(os.path.expanduser(workdir))
     conf = read_config(workdir)
     if conf is None or "system" not in conf:
@@ -176,71 +128,65 @@ def load_workdir(workdir: str, *, which: str = "response", mesh=None, step: int 
             if config.get(b) is not None and k in config[b]:
                 config[b][k] = v
 
-    mngr = _manager(ckpt_dir, BEST_ITEMS if best else ITEMS, best)
+    mngr = ckpt_lib.open_reader(ckpt_dir, best=best)
     try:
-        available = _best_order(mngr) if best else sorted(mngr.all_steps(), reverse=True)
+        available = ckpt_lib.candidate_steps(mngr, best=best)
         if not available:
             raise FileNotFoundError(
                 f"{ckpt_dir} holds no checkpoint: " + (
                     "no evaluation ever ran (set log.eval_every and checkpoint.best_by_eval)" if best else
                     f"train first: python launch/train.py --config=... --workdir={workdir}"))
-        if step is not None:
-            if int(step) not in available:
-                raise ValueError(f"{ckpt_dir} has no step {step}; it has {sorted(available)}")
-            candidates = [int(step)]
-        else:
-            candidates = available
+        if step is not None and int(step) not in available:
+            raise ValueError(f"{ckpt_dir} has no step {step}; it has {sorted(available)}")
 
         system = get_system(config.system)(config)
         mesh = mesh if mesh is not None else shd.make_mesh(1, -1, 1)
         rules = config.mesh.get("rules") if config.get("mesh") is not None else None
         with shd.logical_rules(_rules(rules) if rules else shd.LOGICAL_RULES):
             model = system.build(mesh)
-        bases = system.bases()
 
-        errors = []
-        for s in candidates:
-            try:
-                with _quiet_orbax():
-                    meta = dict(mngr.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
-                if step is not None:
-                    raise
-                log.warning("checkpoint %d in %s has no readable meta (%s: %s); trying the one before",
-                            s, ckpt_dir, type(e).__name__, e)
-                errors.append((s, e))
-                continue
-            ckpt_lib.check_base(meta, bases)  # a different base is an error, never a fallback
-            union = _union(config, meta)
-            try:
-                abstract = ckpt_lib.abstract_like(
-                    partition.to_params(nnx.state(model, partition.matcher(union)), jnp.float32))
-                with _quiet_orbax():
-                    params = mngr.restore(s, args=ocp.args.Composite(
-                        params=ocp.args.StandardRestore(abstract)))["params"]
-            except Exception as e:  # noqa: BLE001
-                if step is not None:
-                    raise
-                log.warning("checkpoint %d in %s could not be restored (%s: %s); trying the one before",
-                            s, ckpt_dir, type(e).__name__, str(e)[:300])
-                errors.append((s, e))
-                continue
-            _set_params(model, union, params)
-            llm = system.llm(model, which)
-            tok_path = tokenizer_path(config, which)
-            tokenizer = None
-            if with_tokenizer:
-                from merg_jax.tokenizer import load_tokenizer
-                tokenizer = load_tokenizer(tok_path)
-            info = {"workdir": workdir, "checkpoint_dir": ckpt_dir, "step": s, "stage": meta.get("stage"),
-                    "stage_index": meta.get("stage_index"), "system": config.system, "which": which,
-                    "base_path": base_path(config, which), "tokenizer_path": tok_path, "meta": meta,
-                    "config": config, "union": union, "model": model, "system_obj": system}
-            log.info("loaded %s step %d (stage %s) of %s (system %s, LLM %r)", sub, s, meta.get("stage"),
-                     workdir, config.system, which)
-            return llm, tokenizer, info
-        tried = ", ".join(f"{s} ({type(e).__name__}: {str(e)[:120]})" for s, e in errors)
-        raise ValueError(f"no checkpoint in {ckpt_dir} could be restored; tried {tried}")
+        def restore(s: int, meta: dict):
+            import orbax.checkpoint as ocp
+            union = meta.get("union") or partition.union(config.stages[n] for n in config.stage_order)
+            abstract = ckpt_lib.abstract_like(
+                partition.to_params(nnx.state(model, partition.matcher(union)), jnp.float32))
+            params = mngr.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))["params"]
+            return union, params
+
+        s, meta, (union, params) = ckpt_lib.restore_newest(
+            mngr, restore, steps=[int(step)] if step is not None else available, bases=system.bases(),
+            where=ckpt_dir, exact=step is not None)
+        partition.set_params(model, union, params)
+        llm = system.llm(model, which)
+        tok_path = tokenizer_path(config, which)
+        tokenizer = load_tokenizer(tok_path) if with_tokenizer else None
+        info = {"workdir": workdir, "checkpoint_dir": ckpt_dir, "step": s, "stage": meta.get("stage"),
+                "stage_index": meta.get("stage_index"), "system": config.system, "which": which,
+                "base_path": base_path(config, which), "tokenizer_path": tok_path, "meta": meta,
+                "config": config, "union": union, "model": model, "system_obj": system}
+        log.info("loaded %s step %d (stage %s) of %s (system %s, LLM %r)", sub, s, meta.get("stage"),
+                 workdir, config.system, which)
+        return llm, tokenizer, info
     finally:
-        with _quiet_orbax():
+        with ckpt_lib.quiet_orbax():
             mngr.close()
+
+
+def load_model(path: str, *, lora: LoraConfig | None = None, mesh=None, with_tokenizer: bool = True,
+               which: str = "response", **overrides) -> tuple[Any, Any]:
+    """(model, tokenizer) from anywhere a model can come from: a training workdir (its newest
+    good checkpoint; `which` names the LLM of a system with several, e.g. MERIA's "mcoe" and
+    "response"), an HF directory or a .gguf file.  `overrides` are LlamaConfig fields; a
+    workdir defines its own adapters, so `lora` must be None and only dtype / param_dtype /
+    remat may be overridden."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model path {path} does not exist")
+    if not is_workdir(path):
+        return load_pretrained(path, lora=lora, mesh=mesh, with_tokenizer=with_tokenizer, **overrides)
+    if lora is not None:
+        raise ValueError(f"{path} is a training workdir, which defines its own adapters (its config's "
+                         "model.lora); load it with lora=None")
+    model, tokenizer, _ = load_workdir(path, which=which, mesh=mesh, with_tokenizer=with_tokenizer,
+                                       overrides=overrides)
+    return model, tokenizer
