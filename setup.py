@@ -28,7 +28,7 @@ RUNTIME = [
     "scipy>=1.11",
     "scikit-image>=0.22",  # the synthetic corpus renders faces on skimage's sample photo
     # evaluation (issue 5)
-    "vaderSentiment>=3.3.2",  # pure Python, MIT, lexicon inside the wheel (seed 000 sentiment)
+    "vaderSentiment>=3.3.2",  # pure Python, MIT, lexicon inside the wheel (the early-fusion paper, sentiment)
     "matplotlib>=3.8",
     "scikit-learn>=1.4",  # t-SNE plots
     "tensorboard>=2.16",  # reads training curves back (EventAccumulator)

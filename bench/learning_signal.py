@@ -1,5 +1,5 @@
 """Does the emotion reach the response?  MERIA, its ablations and the text-only baseline on
-synthetic corpora whose emotion lives only in voice and face (seed 004 Table 2, our data).
+synthetic corpora whose emotion lives only in voice and face (the MERIA paper, Table 2, our data).
 
     python bench/learning_signal.py [--runs_dir=runs/signal] [--only=clean/meria,...] [--list]
 

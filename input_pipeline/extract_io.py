@@ -30,9 +30,10 @@ exists is complete.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -145,13 +146,30 @@ def shard_record_count(path: str) -> int:
         return -1
 
 
-def read_records(output_dir: str, split: str) -> list[dict]:
-    """All decoded records of a split, shard by shard in order (tests, inspection)."""
+def iter_records(data_dir: str, split: str) -> Iterator[dict]:
+    """The decoded records of a split, shard by shard in order, one at a time: the one reader
+    of a whole split outside the Grain pipeline (statistics, evaluation, derived data)."""
     from array_record.python.array_record_module import ArrayRecordReader
-    out = []
-    for name in sorted(os.listdir(output_dir)):
+    for name in sorted(os.listdir(data_dir)):
         if name.startswith(f"{split}-") and name.endswith(".array_record"):
-            reader = ArrayRecordReader(os.path.join(output_dir, name))
-            out.extend(records.decode(b) for b in reader.read_all())
-            reader.close()
-    return out
+            reader = ArrayRecordReader(os.path.join(data_dir, name))
+            try:
+                for i in range(reader.num_records()):
+                    yield records.decode(reader.read([i])[0])
+            finally:
+                reader.close()
+
+
+def read_records(data_dir: str, split: str) -> list[dict]:
+    """All decoded records of a split (see iter_records)."""
+    return list(iter_records(data_dir, split))
+
+
+def read_manifest(data_dir: str) -> dict:
+    """data_dir/manifest.json (what extraction wrote), or a ValueError saying how to make one."""
+    path = os.path.join(data_dir, "manifest.json")
+    if not os.path.exists(path):
+        raise ValueError(f"no manifest.json in data.data_dir={data_dir}; run launch/extract_features.py "
+                         "there first, or set data.synthetic.generate=True for the synthetic corpus")
+    with open(path) as f:
+        return json.load(f)

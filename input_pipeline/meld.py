@@ -1,6 +1,6 @@
 """MELD reader: `{train,dev,test}_sent_emo.csv` + `dia{D}_utt{U}.mp4` clips -> DialogueExamples.
 
-Examples follow seed 000 (the MELD empathetic-response report): for every
+Examples follow the early-fusion paper (the MELD empathetic-response report): for every
 utterance t of a dialogue, the history is the dialogue "up to and including"
 utterance t (Speaker + Utterance of utterances 0..t), and the model writes the
 next line, spoken by the next character.  MELD has no empathetic targets (seed
@@ -8,7 +8,7 @@ next line, spoken by the next character.  MELD has no empathetic targets (seed
 next line (utterance t+1) unless `targets` supplies one, and "" for a
 dialogue's last utterance; `response_role` is the next speaker.  The emotion
 and sentiment of an example are those of utterance t, the line the response
-must attune to (seed 000 scores emotion/sentiment against the history).
+must attune to (the early-fusion paper, scores emotion/sentiment against the history).
 Every history utterance keeps its own MELD emotion (`Utterance.emotion`; the
 records' history_emotions).  Utterances have no profile ID (MELD has no avatar
 profiles); the records use the character name as the speaker identity
@@ -19,7 +19,7 @@ Media: MELD clips are mp4 with an AAC audio track; the mp4 is recorded as both
 `audio_path` and `video_path`.  librosa/soundfile cannot decode mp4 here (no
 ffmpeg binary, no audioread backend); the audio track is decoded with PyAV
 (`av`, bundles FFmpeg's libraries; `pip install av`), e.g.
-`av.open(path).decode(audio=0)` then resample to 16 kHz, as seed 000 did with
+`av.open(path).decode(audio=0)` then resample to 16 kHz, as the early-fusion paper did with
 FFmpeg.  Clips are found by one recursive scan; the split of a clip comes from
 its folder (`train_splits`, `dev_splits_complete`, `output_repeated_splits_test`,
 or any folder name with the word train/dev/val/test), since dialogue numbers
@@ -176,7 +176,7 @@ def read_meld(data_dir: str, splits: Optional[Iterable[str]] = None,
     """Reads MELD splits (default: every CSV found under data_dir).
 
     `targets` maps an example id ("meld/{split}/{Dialogue_ID}/{Utterance_ID}")
-    to a response text (e.g. LLM-written empathetic replies, as in seed 000);
+    to a response text (e.g. LLM-written empathetic replies, as in the early-fusion paper);
     `include_last=False` drops each dialogue's last utterance when it has no target.
     """
     clips, csvs = scan(data_dir)

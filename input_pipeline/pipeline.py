@@ -70,7 +70,7 @@ from input_pipeline.prompts import PromptBuilder
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("audio", "video", "text")
+MODALITIES = schema.MODALITIES
 PER_EXAMPLE = ("label", "example_mask", "prompt_length", "truncated_utterances",
                "truncated_tokens", "coe_present", "mcoe_present")
 # int32[U] per example, [P*U] per batch row; -1 = unknown (see the module docstring).
@@ -326,8 +326,12 @@ def collate(rows: Sequence[list[dict]], *, batch_size: int, buckets: Sequence[in
     return out
 
 
-def feature_dims(source: Any, data_dir: str = "") -> dict[str, int]:
-    """Per-modality feature width from manifest.json ('feature_dims') or the first record."""
+def feature_dims(data_dir: str, split: str = "train", *, override: Any = None, source: Any = None
+                 ) -> dict[str, int]:
+    """Per-modality feature width: `override` (a config's data.feature_dims) when set, else
+    manifest.json's feature_dims, else the first record of `source` (default: the split's shards)."""
+    if override:
+        return {m: int(v) for m, v in dict(override).items()}
     path = os.path.join(data_dir, "manifest.json") if data_dir else ""
     if path and os.path.exists(path):
         with open(path) as f:
@@ -335,6 +339,11 @@ def feature_dims(source: Any, data_dir: str = "") -> dict[str, int]:
         dims = manifest.get("feature_dims") if isinstance(manifest, dict) else None
         if isinstance(dims, dict) and all(m in dims for m in MODALITIES):
             return {m: int(dims[m]) for m in MODALITIES}
+    if source is None:
+        files = shard_files(data_dir, split)
+        if not files:
+            return {m: 0 for m in MODALITIES}
+        source = grain.sources.ArrayRecordDataSource(files)
     rec = _decode(source[0]) or {}
     feats = rec.get("features") or {}
     return {m: int(np.shape(feats[m])[-1]) if m in feats and np.ndim(feats[m]) == 2 else 0
@@ -379,7 +388,7 @@ def make_dataset(config: ml_collections.ConfigDict, *, source: Any = None,
                  config.data_dir)
     if len(source) == 0:
         raise ValueError(f"the {config.split} source is empty; check data_dir/split")
-    dims = dict(config.feature_dims) if config.feature_dims else feature_dims(source, config.data_dir)
+    dims = feature_dims(config.data_dir, config.split, override=config.feature_dims, source=source)
     tok_path = config.tokenizer_path
     if not tok_path:
         from merg_jax.core.assets import smollm2_gguf
@@ -447,12 +456,6 @@ def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str
     from merg_jax.core.sharding import global_batch
     numeric = {k: v for k, v in batch.items() if np.asarray(v).dtype.kind not in "USO"}
     return global_batch(_agree_on_length(numeric), mesh)
-
-
-def iterate_global(iterator: Iterator[dict], mesh: jax.sharding.Mesh) -> Iterator[tuple[dict, dict]]:
-    """Yields (global arrays, host batch) pairs; the grain iterator stays the checkpointed object."""
-    for batch in iterator:
-        yield to_global(batch, mesh), batch
 
 
 if __name__ == "__main__":  # quick look at a split: python -m input_pipeline.pipeline DIR [template]

@@ -25,7 +25,7 @@ import numpy as np
 
 # Soft-slot modality ids used in `soft_modality`. "audio_video" is the early-fusion
 # joint embedding (the model adds its projected audio and video features).  Ids 4-8
-# are MERIA's dialogue-level signals (seed 004 Fig. 2: what the M-CoE LLM gets as soft
+# are MERIA's dialogue-level signals (the MERIA paper, Fig. 2: what the M-CoE LLM gets as soft
 # prompts), computed by the model from the valid feature rows of the example:
 #   fused          Z_S^F, the uncertainty-gated fusion of the shared emotion latents
 #   identity       Z_I^F, audio and video identity latents concatenated
@@ -73,7 +73,7 @@ class PromptTemplate:
 
 
 _EMPATHEIA_COE_TARGET = (
-    # Empatheia appendix D.1, the CoE target, wording verbatim; the seed shows one
+    # Empatheia appendix D.1, the CoE target, wording verbatim; the paper shows one
     # step per paragraph, we join steps with a single newline.
     "Firstly, the event scenario of this conversation is: $event_scenario\n",
     "Secondly, the emotion of the speaker is: $speaker_emotion\n",
@@ -97,7 +97,7 @@ _MCOE_TARGET = (
     "Goal to response: $goal_to_response",
 )
 
-# seed 000 Listing 1 (instruction, example and task verbatim; the PDF's line wraps inside
+# the early-fusion paper Listing 1 (instruction, example and task verbatim; the PDF's line wraps inside
 # sentences removed), shared by the early-fusion and the text-only template.
 _LISTING1 = ("### INSTRUCTIONS ###\n"
     "Continue the conversation by generating **only the next line** spoken by the "
@@ -123,21 +123,21 @@ _LISTING1 = ("### INSTRUCTIONS ###\n"
 TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (
     PromptTemplate(
         name="coe",
-        source="Empatheia (seed 001) appendix D.1, 'An Input Example for Overall Training'",
+        source="Empatheia (the AvaMERG paper) appendix D.1, 'An Input Example for Overall Training'",
         prompt="Provide a multimodal empathetic response based on the given dialogue context "
                "below. Don't rush to give the response, thinking step by step.\n\n" + _CONTEXT,
         utterance="$role:$text<Aud> <Vid>.\n",
         target=_EMPATHEIA_COE_TARGET),
     PromptTemplate(
         name="coe_text",
-        source="Empatheia (seed 001) appendix D.1, 'An Input Example for the CoE and CCL'",
+        source="Empatheia (the AvaMERG paper) appendix D.1, 'An Input Example for the CoE and CCL'",
         prompt="Provide an empathetic response based on the given dialogue context below. "
                "Don't rush to give the response, thinking step by step.\n\n" + _CONTEXT,
         utterance="$role:$text\n",
         target=_EMPATHEIA_COE_TARGET),
     PromptTemplate(
         name="response",
-        source="Empatheia (seed 001) appendix D.1 wording without the CoE request; plain "
+        source="Empatheia (the AvaMERG paper) appendix D.1 wording without the CoE request; plain "
                "response target",
         prompt="Provide a multimodal empathetic response based on the given dialogue context "
                "below.\n\n" + _CONTEXT,
@@ -145,7 +145,7 @@ TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (
         target=("$response",)),
     PromptTemplate(
         name="mcoe",
-        source="MERIA (seed 004) M-CoE LLM: soft prompts of the fused emotion, identity, "
+        source="MERIA M-CoE LLM: soft prompts of the fused emotion, identity, "
                "private audio, private video and conflict signals prepended to the dialogue "
                "history; template wording is ours",
         prompt="<Prefix>The soft tokens above carry the dialogue's fused emotion, the "
@@ -160,7 +160,7 @@ TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (
         prefix=MERIA_SIGNALS),
     PromptTemplate(
         name="mcoe_response",
-        source="MERIA (seed 004) Response LLM: M-CoE + dialogue text -> emotion and "
+        source="MERIA Response LLM: M-CoE + dialogue text -> emotion and "
                "response; wording is ours",
         prompt="Multimodal chain of empathy of this dialogue:\n$mcoe\n\n" + _CONTEXT
                + "\nGiven the chain of empathy and the dialogue, state the speaker's emotion "
@@ -168,8 +168,19 @@ TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (
         utterance="$role:$text\n",
         target=("Emotion: $emotion\n", "Response: $response")),
     PromptTemplate(
+        name="meria_direct",
+        source="MERIA 'w/o M-CoE' ablation: the five PDR/UGF soft-prompt signals + the dialogue "
+               "-> emotion and response, no chain of empathy; wording is ours",
+        prompt="<Prefix>The soft tokens above carry the dialogue's fused emotion, the speakers' "
+               "identity, what only the voice and only the face show, and how much voice and "
+               "face disagree.\n\n" + _CONTEXT
+               + "\nState the speaker's emotion and give an empathetic response.\n",
+        utterance="$role:$text\n",
+        target=("Emotion: $emotion\n", "Response: $response"),
+        prefix=MERIA_SIGNALS),
+    PromptTemplate(
         name="early_fusion",
-        source="seed 000 Listing 1 (instruction, example and task verbatim; the PDF's line "
+        source="the early-fusion paper Listing 1 (instruction, example and task verbatim; the PDF's line "
                "wraps inside sentences removed); joint audio-visual soft prompt prepended",
         prompt="<Prefix>" + _LISTING1,
         utterance="$role: $text\n",
@@ -178,7 +189,7 @@ TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (
         prefix_per_utterance=True),
     PromptTemplate(
         name="listing1",
-        source="seed 000 Listing 1, text only (the text baseline of seed 000)",
+        source="the early-fusion paper Listing 1, text only (the text baseline of the early-fusion paper)",
         prompt=_LISTING1,
         utterance="$role: $text\n",
         target=("$response",)),

@@ -10,6 +10,9 @@ import dataclasses
 import hashlib
 from typing import Optional
 
+# The feature modalities every record carries (features/<m>, feature_mask/<m>).
+MODALITIES = ("audio", "video", "text")
+
 # The 7 coarse multimodal emotions of AvaMERG (Empatheia, appendix C.2).
 AVAMERG_COARSE = ("happy", "surprised", "angry", "fear", "sad", "disgusted", "contempt")
 
@@ -59,7 +62,7 @@ TOPICS = (
 )
 
 
-# Avatar profile vocabularies (AvaMERG, seed 001 appendix C.1: four age periods, binary
+# Avatar profile vocabularies (AvaMERG, the AvaMERG paper appendix C.1: four age periods, binary
 # gender, three vocal timbres; the synthetic avatars use the same values).  The batch
 # arrays profile_age / profile_gender / profile_timbre hold the index into these tuples,
 # -1 when the value is missing or not in the vocabulary.  Order is fixed: appending is
@@ -78,7 +81,7 @@ PROFILE_ALIASES = {
     "timbre": {"medium": "mid", "middle": "mid"},
 }
 
-# MERIA's M-CoE annotation (seed 004 section 3.3): (visual observation, emotion,
+# MERIA's M-CoE annotation (the MERIA paper, section 3.3): (visual observation, emotion,
 # confidence), (audio observation, emotion, confidence), plus the AvaMERG CoE (which
 # records keep in chain_of_empathy).  A record's m_coe is {} or a dict with exactly
 # these keys (string values, "" = not annotated); prompts.TEMPLATES["mcoe"] names them.

@@ -1,8 +1,9 @@
 """KV-cache generation: one jitted prefill, then a jitted `while_loop` decode.
 
-Prompts are left-padded to a shared length so the whole batch writes the
-same cache slot each step; positions come from the running count of real
-tokens, as in HF, so padded and unpadded prompts see the same RoPE angles.
+Prompts (token ids, or embeddings with soft prompts spliced in) are left-padded
+to a shared length so the whole batch writes the same cache slot each step;
+positions come from the running count of real tokens, as in HF, so padded and
+unpadded prompts see the same RoPE angles.
 The decode loop runs on device for up to `chunk` tokens at a time; between
 chunks the host checks stop strings, so long generations pay no per-token
 Python cost and stop-string runs still stop early.
@@ -95,9 +96,12 @@ class Generator:
 
     # -- compiled pieces ---------------------------------------------------
     @functools.partial(jax.jit, static_argnums=(0, 7, 8, 9))
-    def _prefill(self, state, layers, ids, mask, cache, key, temperature, top_k, top_p):
+    def _prefill(self, state, layers, inputs, mask, cache, key, temperature, top_k, top_p):
         model = nnx.merge(self.graphdef, state)
-        out = model(ids, attention_mask=mask, cache=cache, logits="last", layers=layers)
+        if inputs.ndim == 3:  # embeddings [B, P, E] (soft prompts spliced in)
+            out = model(inputs_embeds=inputs, attention_mask=mask, cache=cache, logits="last", layers=layers)
+        else:
+            out = model(inputs, attention_mask=mask, cache=cache, logits="last", layers=layers)
         return sample_logits(out.logits[:, -1], key, temperature, top_k, top_p), out.cache
 
     @functools.partial(jax.jit, static_argnums=(0, 10, 11, 12), donate_argnums=(3, 4, 5))
@@ -160,6 +164,23 @@ class Generator:
         for i, x in enumerate(prompt_ids):  # left padding
             ids[i, p - len(x):] = x
             mask[i, p - len(x):] = 1
+        return self._generate(jnp.asarray(ids), mask, cfg)
+
+    def generate_embeds(self, inputs_embeds: jax.Array, attention_mask, cfg: SamplingConfig) -> GenerationResult:
+        """Continues prompts given as embeddings [B, P, E] (e.g. soft prompts spliced into the
+        token embeddings) with their mask [B, P].  Padding may sit on either side: the cache
+        keeps it masked out and each row's positions count its real tokens, as in training."""
+        mask = np.asarray(attention_mask, np.int32)
+        if inputs_embeds.ndim != 3 or mask.shape != tuple(inputs_embeds.shape[:2]):
+            raise ValueError(f"inputs_embeds {tuple(inputs_embeds.shape)} and attention_mask {mask.shape} "
+                             "must be [B, P, E] and [B, P]")
+        # Real tokens to the end of each row, order kept: "last" logits then read a real token.
+        order = np.argsort(mask, axis=1, kind="stable")
+        inputs = jnp.take_along_axis(jnp.asarray(inputs_embeds), jnp.asarray(order)[..., None], axis=1)
+        return self._generate(inputs, np.take_along_axis(mask, order, axis=1), cfg)
+
+    def _generate(self, inputs: jax.Array, mask: np.ndarray, cfg: SamplingConfig) -> GenerationResult:
+        b, p = mask.shape
         cache = KVCache.init(self.config, b, _round_up(p + cfg.max_new_tokens, self.pad_multiple),
                              per_layer=self.layers is not None)
         key = jax.random.PRNGKey(cfg.seed)
@@ -167,12 +188,12 @@ class Generator:
         eos = jnp.asarray(self._eos_ids(cfg), jnp.int32)
 
         t0 = time.perf_counter()
-        first, cache = self._prefill(self.state, self.layers, jnp.asarray(ids), jnp.asarray(mask), cache,
+        first, cache = self._prefill(self.state, self.layers, inputs, jnp.asarray(mask), cache,
                                      jax.random.fold_in(key, 0), *sampling)
         first = jax.block_until_ready(first)
         t1 = time.perf_counter()
         buf = jnp.zeros((b, cfg.max_new_tokens), jnp.int32).at[:, 0].set(first)
-        done = jnp.isin(first, eos)
+        done = jnp.isin(first, eos) | jnp.asarray(mask.sum(axis=1) == 0)  # an empty row generates nothing
         step = jnp.asarray(1, jnp.int32)
         stop_hit = np.zeros(b, bool)
         while True:

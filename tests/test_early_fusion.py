@@ -1,4 +1,4 @@
-"""Early fusion (seed 000): soft tokens land where and as they should; a 2-step Trainer run."""
+"""Early fusion (the early-fusion paper): soft tokens land where and as they should; a 2-step Trainer run."""
 from __future__ import annotations
 
 import jax

@@ -136,7 +136,7 @@ def test_soft_tokens_land_at_slot_positions(built):
     """Every slot of the mcoe prompt gets projector[signal][k] of its dialogue; nothing else moves."""
     from input_pipeline import prompts
     from merg_jax.models import fusion
-    from merg_jax.systems import meria
+    from merg_jax.models import meria
     config, _, model = built
     batch = _batch(config, "mcoe")
     b = _dev(batch)
@@ -290,12 +290,33 @@ def test_paper_presets_require_weights():
             validate(c)
 
 
+def _greedy_reference(model, llm, batch, n_new: int, tok) -> list[str]:
+    """Greedy continuation without any KV cache: per row, the full forward over the soft-prompt
+    embeddings + the embeddings of the tokens chosen so far, argmax of the last position (an
+    independent check of the Generator's cached decode on inputs_embeds)."""
+    from merg_jax.models import meria
+    emb = meria.soft_embeds(model, llm, _dev(batch), max_utterances=U, use_ugf=True)
+    eos = {int(tok.eos_token_id)} | {int(e) for e in np.atleast_1d(llm.config.eos_token_id or [])}
+    texts = []
+    for i in range(emb.shape[0]):
+        n = int(np.sum(batch["attention_mask"][i]))
+        x, row = emb[i:i + 1, :n], []
+        for _ in range(n_new):
+            nxt = int(jnp.argmax(llm(inputs_embeds=x, logits="last").logits[0, -1]))
+            if nxt in eos:
+                break
+            row.append(nxt)
+            x = jnp.concatenate([x, llm.embed(jnp.asarray([[nxt]]))], axis=1)
+        texts.append(tok.decode(row, skip_special_tokens=True).strip())
+    return texts
+
+
 def test_predict_chain_then_response_lines_up_with_batch(built):
-    """predict(): per real example, the chain is greedy_decode's continuation of that example's
-    soft prompt, and the response LLM's prompt is mcoe_response with that chain inserted."""
+    """predict(): per real example, the chain is the greedy continuation of that example's
+    soft prompt (checked against a cache-free decode), and the response LLM's prompt is
+    mcoe_response with that chain inserted."""
     from input_pipeline.prompts import PromptBuilder
     from merg_jax.generation import SamplingConfig
-    from merg_jax.systems import meria_generate
     config, system, model = built
     assert system.eval_stage().name == "mcoe"
     batch = _batch(config, "mcoe", split="valid", include_target=False, global_batch_size=3)
@@ -306,39 +327,36 @@ def test_predict_chain_then_response_lines_up_with_batch(built):
     rows = system.predict(model, batch, tok, max_new_tokens=4)
     assert len(rows) == 2 and all(set(r) == {"generated_chain", "response", "predicted_emotion", "raw"}
                                   for r in rows)
-    eos = meria_generate.eos_ids_for(tok, model.mcoe_llm)
     # the chain gets the generation budget (6 tokens), the response predict's own (4)
-    ids = meria_generate.greedy_decode(model, _dev(batch), max_new_tokens=config.generation.max_new_tokens,
-                                       eos_ids=jnp.asarray(eos), pad_id=int(tok.pad_token_id),
-                                       max_utterances=U, use_ugf=True)
-    chains = meria_generate.decode_rows(ids, tok, eos)
-    # (the tiny model writes only newlines, so the texts alone cannot tell the budgets apart)
-    assert [k[-1] for k in system._decoders] == [config.generation.max_new_tokens]
+    chains = _greedy_reference(model, model.mcoe_llm, batch, config.generation.max_new_tokens, tok)
     assert [r["generated_chain"] for r in rows] == [chains[0], chains[2]]
+    # (the tiny model writes only newlines, so the texts alone cannot tell the budgets apart:
+    # record the budget the chain decoder is called with)
+    predictor = system._predictor[2]
+    budgets, decode = [], predictor.chain_decoder.decode
+    predictor.chain_decoder.decode = lambda b, n: budgets.append(n) or decode(b, n)
+    assert system.predict(model, batch, tok, max_new_tokens=4) == rows
+    assert budgets == [config.generation.max_new_tokens]
     recs = system._eval_records(config.data.data_dir, "valid")
     for r, i in zip(rows, (0, 2)):
         rec = dict(recs[str(batch["example_id"][i])], generated_mcoe=r["generated_chain"])
         prompt = system._response_builder("valid").build(rec).tokens.tolist()
         if r["generated_chain"]:
             assert tok.decode(prompt).count(r["generated_chain"]) == 1
-        raw = system._resp_generator[2].generate_ids([prompt], SamplingConfig(max_new_tokens=4)).texts[0]
+        raw = predictor.response_generator.generate_ids([prompt], SamplingConfig(max_new_tokens=4)).texts[0]
         assert r["raw"] == raw
 
 
 def test_predict_without_mcoe_decodes_from_soft_tokens(assets):
     from input_pipeline.prompts import PromptBuilder
-    from merg_jax.systems import meria_generate
     config = _config(assets, use_mcoe=False)
     system, model, _ = _built(config)
     assert system.eval_stage().name == "response"
     batch = _batch(config, "response", split="valid", include_target=False)
     tok = PromptBuilder("meria_direct", config.data.tokenizer_path, max_length=8, max_utterances=1).tokenizer
     rows = system.predict(model, batch, tok, max_new_tokens=3)
-    eos = meria_generate.eos_ids_for(tok, model.response_llm)
-    ids = meria_generate.greedy_decode(model, _dev(batch), max_new_tokens=3, eos_ids=jnp.asarray(eos),
-                                       pad_id=int(tok.pad_token_id), max_utterances=U, use_ugf=True,
-                                       llm=model.response_llm)
-    assert [r["raw"] for r in rows] == meria_generate.decode_rows(ids, tok, eos)
+    want = _greedy_reference(model, model.response_llm, batch, 3, tok)
+    assert [r["raw"] for r in rows] == [t for t, k in zip(want, batch["example_mask"]) if k]
     assert all(r["generated_chain"] == "" for r in rows)
 
 

@@ -306,3 +306,13 @@ def test_alignment_learns_shared_emotion_space():
     # Seed 0 on CPU: ≈ 0.97 at init, ≈ 0.25 with α = 1, ≈ 1.0 with α = 0.
     assert ratios[1.0] < 0.5, ratios
     assert ratios["init"] > 0.8 and ratios[0.0] > 0.8, ratios
+
+
+def test_default_profile_classes_match_the_schema():
+    """The PDR's default class heads are the AvaMERG profile vocabularies' sizes."""
+    from input_pipeline import schema
+    from merg_jax.models.pdr import PDRConfig
+    cfg = PDRConfig(feature_dims={"audio": 2, "video": 2, "text": 2})
+    assert dict(cfg.profile_classes) == {"age": len(schema.PROFILE_AGES), "gender": len(schema.PROFILE_GENDERS),
+                                         "timbre": len(schema.PROFILE_TIMBRES)}
+

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-MODALITIES = ("audio", "video", "text")
+from input_pipeline.schema import MODALITIES
 
 
 class MediaError(Exception):

@@ -1,6 +1,6 @@
 """M-CoE annotations of the synthetic corpus, from its known per-modality truth.
 
-MERIA (seed 004, section 3.3) fine-tunes its M-CoE LLM on hand-checked annotations
+MERIA (the MERIA paper, section 3.3) fine-tunes its M-CoE LLM on hand-checked annotations
 (visual observation, emotion, confidence), (audio observation, emotion, confidence)
 plus the AvaMERG chain of empathy; those annotations are not public.  For the
 synthetic corpus we know exactly what each clip shows (`synthetic_meta.json`:

@@ -1,5 +1,5 @@
 """Evaluation metrics (issue 5): emotion accuracy, Distinct-n, perplexity, BERTScore,
-seed 000's polarity scores, the AvaMERG submission file, markdown tables and plots.
+the early-fusion paper's polarity scores, the AvaMERG submission file, markdown tables and plots.
 
 Heavy pieces (the BERTScore encoder, the emotion classifier, matplotlib, sklearn,
 tensorboard) are imported only by the functions that need them.

@@ -10,7 +10,7 @@ Weights: w = 1 (idf=False) or w(t) = log((M+1)/(df(t)+1)) (idf=True), M the numb
 of references and df(t) how many references contain token id t (unseen tokens:
 log(M+1)); either way w([CLS]) = w([SEP]) = 0.  As in bert-score, the special
 tokens are not scored (weight 0) but stay candidates inside the max.  A sentence
-that is empty after strip() scores P = R = F1 = 0.  Seed 000 reports BERTScore
+that is empty after strip() scores P = R = F1 = 0.  The early-fusion paper reports BERTScore
 with roberta-large (bert-score's default layer 17); our default encoder is the
 local all-MiniLM-L6-v2 (`merg_jax.core.assets.minilm_dir()`).
 

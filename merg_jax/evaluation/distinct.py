@@ -1,7 +1,7 @@
 """Distinct-n (Li et al. 2016): lexical diversity of generated responses, in two flavours.
 
 The peers disagree on the aggregation (see shared/notes/peers-and-datasets.md):
-the MERG leaderboard (seed 004 table 1: Dist-1 ~ 3-5, Dist-2 ~ 15-32) reads like
+the MERG leaderboard (the MERIA paper, table 1: Dist-1 ~ 3-5, Dist-2 ~ 15-32) reads like
 a corpus-level ratio in percent, one peer averages per-response ratios (values
 near 0.99).  Both are here, as fractions in [0, 1]; multiply by 100 to compare
 with the leaderboard.

@@ -19,7 +19,7 @@ __all__ = ["parse_emotion", "normalize_emotion", "emotion_accuracy", "EMOTION_MA
 # colon on the same line.  Matching is case-insensitive; the *last* occurrence of
 # the first marker found wins (a chain may restate its answer at the end).
 EMOTION_MARKERS = (
-    r"the emotion of the speaker is\s*:",  # Empatheia CoE (seed 001 appendix D.1)
+    r"the emotion of the speaker is\s*:",  # Empatheia CoE (the AvaMERG paper, appendix D.1)
     r"speaker(?:'s)? emotion\s*:",  # our M-CoE template
     r"(?<![a-z])emotion\s*:",  # Response LLM target "Emotion: X" (also M-CoE "; emotion: X")
 )
@@ -91,7 +91,7 @@ def emotion_accuracy(preds: Sequence[Optional[str]], golds: Sequence[str]) -> di
       n_unparseable = #{normalize(pred) is None}; those count as wrong in both.
     This is the challenge's top system's coarse accuracy (unmatched text mapped to
     "neutral", never a gold AvaMERG class, i.e. wrong) and Empatheia's exact-match
-    accuracy (seed 001 E.3) on the fine labels.  A gold label we cannot
+    accuracy (the AvaMERG paper, E.3) on the fine labels.  A gold label we cannot
     normalise raises ValueError (a data error, not a model error).
     """
     if len(preds) != len(golds):

@@ -1,6 +1,6 @@
-"""What MERIA's PDR latents hold: t-SNE pictures (seed 004 Fig. 4) and linear probes.
+"""What MERIA's PDR latents hold: t-SNE pictures (the MERIA paper, Fig. 4) and linear probes.
 
-Seed 004 shows the disentanglement only as pictures; a picture cannot fail, so next
+The MERIA paper shows the disentanglement only as pictures; a picture cannot fail, so next
 to them we report a number that can: the held-out accuracy of a logistic-regression
 probe that reads the emotion from each latent (fit on the train split, scored on
 the evaluated split).  On the synthetic corpus the emotion lives in voice and face
@@ -29,8 +29,8 @@ PROBES = (("shared_fused", None, "S"), ("shared_audio", "audio", "S"), ("shared_
 
 def label_names(data_dir: str) -> tuple[str, ...]:
     from input_pipeline import schema
-    from merg_jax.train.data import manifest
-    return schema.MELD_EMOTIONS if manifest(data_dir).get("dataset") == "meld" else schema.AVAMERG_COARSE
+    from input_pipeline.extract_io import read_manifest
+    return schema.MELD_EMOTIONS if read_manifest(data_dir).get("dataset") == "meld" else schema.AVAMERG_COARSE
 
 
 def collect(system, model, cfg, max_rows: int = 0) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def probe_accuracy(train: dict, test: dict) -> dict[str, float]:
 
 
 def plot(lat: dict, names: tuple[str, ...], output_dir: str, max_points: int = 600, seed: int = 0) -> list[str]:
-    """Seed 004 Fig. 4: (b) shared latents of the three modalities coloured by emotion and by
+    """The MERIA paper Fig. 4: (b) shared latents of the three modalities coloured by emotion and by
     modality; (a) the video S / P / I latents side by side.  Returns the files written."""
     from merg_jax.evaluation import plots
     rng = np.random.default_rng(seed)

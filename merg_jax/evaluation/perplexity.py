@@ -1,12 +1,12 @@
 """Perplexity of target tokens under a `CausalLM`, with and without the dialogue context.
 
-Definition (the notes' reading of seed 000 §5, "Fluency: PPL"):
+Definition (the notes' reading of the early-fusion paper §5, "Fluency: PPL"):
     PPL = exp( sum_i NLL_i / sum_i T_i )
 over examples i, NLL_i the summed negative log-likelihood (nats) of example i's
 target tokens and T_i their number: the token-weighted mean, not a mean of
 per-example perplexities.
 
-Seed 000 reports a single PPL column and says neither what the language model
+The early-fusion paper reports a single PPL column and says neither what the language model
 is conditioned on nor how tokens are aggregated.  We therefore name two variants:
   ppl_context       target tokens given the whole prompt (dialogue history, soft
                     prompts): exactly the training loss' tokens (`loss_mask`).

@@ -1,7 +1,7 @@
 """Figures for the evaluation report (PNG, matplotlib's Agg canvas, no pyplot state).
 
-- t-SNE of latents coloured by emotion and by modality (seed 004 figure 4);
-- histograms + KDE of per-example polarity scores (seed 000 figures 4-5);
+- t-SNE of latents coloured by emotion and by modality (the MERIA paper, figure 4);
+- histograms + KDE of per-example polarity scores (the early-fusion paper, figures 4-5);
 - training curves read back from TensorBoard event files (the trainer writes
   scalars with tensorboardX).
 Each function returns the data it drew, so tests and reports can check numbers.
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["tsne_embed", "plot_tsne", "plot_polarity_hist", "read_scalars", "plot_training_curves"]
 
-_MARKERS = {"video": "x", "audio": "o", "text": "^"}  # seed 004 fig. 4b: x video, dot audio, triangle text
+_MARKERS = {"video": "x", "audio": "o", "text": "^"}  # the MERIA paper fig. 4b: x video, dot audio, triangle text
 _OTHER_MARKERS = "sDv<>pP*h"
 
 

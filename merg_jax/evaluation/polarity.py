@@ -1,23 +1,23 @@
-"""Polarity alignment of a response with its dialogue history, as seed 000 §5.1 defines it.
+"""Polarity alignment of a response with its dialogue history, as the early-fusion paper §5.1 defines it.
 
-Seed 000 ("Multimodal Empathetic Response Generation", §5.1 Polarity Scoring):
+The early-fusion paper ("Multimodal Empathetic Response Generation", §5.1 Polarity Scoring):
   sentiment  VADER compound scores s in [-1, 1] "for both the dialogue history and
              the response"; Sentiment Match = 1 - |s_history - s_response|.
              No compound thresholds are involved (the score is continuous, in
              [-1, 1]) and the comparison is response vs. dialogue history, not vs.
-             the gold response.  The seed does not say how the history's score
+             the gold response.  The paper does not say how the history's score
              is formed: `history="mean"` (default; the mean of per-utterance
              compounds, parallel to its emotion metric and the reading in our
              notes) or `history="joined"` (one compound of the utterances joined
              by newlines).
   emotion    an emotion classifier's softmax for each history utterance and for
              the response; cosine(mean of the history softmaxes, response softmax),
-             in [0, 1].  Seed 000 uses bhadresh-savani/distilbert-base-uncased-emotion;
+             in [0, 1].  The early-fusion paper uses bhadresh-savani/distilbert-base-uncased-emotion;
              any local HF BERT/RoBERTa/DistilBERT classifier directory works here.
   empathy    (emotion + sentiment) / 2.
 Examples with an empty history have no score (NaN) and are left out of the means.
 `sentiment_match_gold` (generated vs. gold response, same formula) is OURS, an
-extra for datasets with gold responses; it is not in seed 000.
+extra for datasets with gold responses; it is not in the early-fusion paper.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def _history_sentiment(histories: Sequence[Sequence[str]], history: str) -> np.n
 
 def sentiment_match(responses: Sequence[str], histories: Sequence[Sequence[str]],
                     history: str = "mean") -> np.ndarray:
-    """Seed 000's Sentiment Match per example: 1 - |s_history - s_response| (NaN: no history)."""
+    """The early-fusion paper's Sentiment Match per example: 1 - |s_history - s_response| (NaN: no history)."""
     if len(responses) != len(histories):
         raise ValueError(f"{len(responses)} responses for {len(histories)} histories")
     return 1.0 - np.abs(_history_sentiment(histories, history) - vader_compound(responses))
@@ -79,7 +79,7 @@ def sentiment_match_gold(generated: Sequence[str], gold: Sequence[str]) -> np.nd
 
 def emotion_match(responses: Sequence[str], histories: Sequence[Sequence[str]], model: Any,
                   tokenizer: Any, batch_size: int = 32) -> np.ndarray:
-    """Seed 000's emotion score per example: cosine(mean_u softmax(u), softmax(response)).
+    """The early-fusion paper's emotion score per example: cosine(mean_u softmax(u), softmax(response)).
 
     `model`, `tokenizer` from `merg_jax.models.bert_classifier.load_bert_classifier`.
     Each distinct text is classified once.  NaN where the history is empty.
@@ -101,7 +101,7 @@ def emotion_match(responses: Sequence[str], histories: Sequence[Sequence[str]], 
 
 @dataclasses.dataclass
 class PolarityScores:
-    """Per-example scores (NaN = no history); `summary()` gives the seed's table row."""
+    """Per-example scores (NaN = no history); `summary()` gives the paper's table row."""
     sentiment: np.ndarray
     emotion: Optional[np.ndarray] = None
 
@@ -129,11 +129,11 @@ def polarity_scores(responses: Sequence[str], histories: Sequence[Sequence[str]]
     """Sentiment always; emotion (and so empathy) only with a local classifier directory.
 
     Without `classifier_dir` the emotion and empathy scores are skipped and a log
-    line says so (we never download the seed's classifier).
+    line says so (we never download the paper's classifier).
     """
     sentiment = sentiment_match(responses, histories, history)
     if not classifier_dir:
-        log.warning("emotion polarity skipped: no classifier directory given (seed 000 uses "
+        log.warning("emotion polarity skipped: no classifier directory given (the early-fusion paper, uses "
                     "bhadresh-savani/distilbert-base-uncased-emotion); empathy needs it too")
         return PolarityScores(sentiment)
     from merg_jax.models.bert_classifier import load_bert_classifier

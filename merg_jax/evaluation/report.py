@@ -1,4 +1,4 @@
-"""Markdown tables of metrics, laid out like the seeds' tables (seed 000 table 3, seed 004 tables 1-2).
+"""Markdown tables of metrics, laid out like the papers' tables (the early-fusion paper, table 3, the MERIA paper tables 1-2).
 
 Every metric is named by what it computes (dist_2_corpus vs. dist_2_mean,
 ppl_context vs. ppl_context_free), and the table ends with the definition of
@@ -21,9 +21,9 @@ DEFINITIONS: dict[str, str] = {
     "bertscore_p": "BERTScore P (greedy cosine matching, bert-score conventions)",
     "bertscore_r": "BERTScore R",
     "bertscore_f1": "BERTScore F1",
-    "polarity_sentiment": "seed 000: mean of 1 - |VADER(history) - VADER(response)|",
-    "polarity_emotion": "seed 000: mean cosine of classifier softmax (response vs. mean over history)",
-    "polarity_empathy": "seed 000: (polarity_emotion + polarity_sentiment) / 2",
+    "polarity_sentiment": "the early-fusion paper: mean of 1 - |VADER(history) - VADER(response)|",
+    "polarity_emotion": "the early-fusion paper: mean cosine of classifier softmax (response vs. mean over history)",
+    "polarity_empathy": "the early-fusion paper: (polarity_emotion + polarity_sentiment) / 2",
     "sentiment_match_gold": "ours: mean of 1 - |VADER(gold response) - VADER(response)|",
     "n": "number of examples",
     "probe_chance": "majority-class rate of the utterance emotions the probes are scored on",
@@ -65,7 +65,7 @@ def metrics_markdown(metrics: Mapping[str, Any], title: str, digits: int = 4,
 
     `metrics` is either flat {metric: value} (a two-column metric | value table) or
     nested {variant: {metric: value}} (one row per variant, one column per metric
-    in first-seen order; a metric a variant lacks shows as –), the seeds' layout.
+    in first-seen order; a metric a variant lacks shows as –), the papers' layout.
     """
     nested = bool(metrics) and all(isinstance(v, Mapping) for v in metrics.values())
     lines = [f"## {title}", ""]

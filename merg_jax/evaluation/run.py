@@ -33,18 +33,9 @@ def _view(system, split: str, *, with_target: bool, batch_size: int) -> ml_colle
 
 def _records(cfg) -> dict[str, dict]:
     """example_id -> the raw record fields evaluation needs (history, gold labels)."""
-    from input_pipeline import records
-    from input_pipeline.config import shard_files
-    from array_record.python.array_record_module import ArrayRecordReader
-    out = {}
-    for path in shard_files(cfg.data_dir, cfg.split):
-        reader = ArrayRecordReader(path)
-        for i in range(reader.num_records()):
-            rec = records.decode(reader.read([i])[0])
-            out[rec["example_id"]] = {k: rec.get(k) for k in (
-                "conversation_id", "turn_id", "history_texts", "history_roles", "response", "emotion")}
-        reader.close()
-    return out
+    from input_pipeline.extract_io import iter_records
+    keys = ("conversation_id", "turn_id", "history_texts", "history_roles", "response", "emotion")
+    return {rec["example_id"]: {k: rec.get(k) for k in keys} for rec in iter_records(cfg.data_dir, cfg.split)}
 
 
 def evaluate(llm, tokenizer, info: dict, *, split: str = "test", output_dir: str = "", max_examples: int = 0,

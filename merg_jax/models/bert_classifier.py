@@ -1,6 +1,6 @@
 """Sequence classifiers on the Flax BERT encoder: HF `{Bert,Roberta,DistilBert}ForSequenceClassification`.
 
-Used by the emotion-polarity metric (seed 000 §5.1 scores responses with
+Used by the emotion-polarity metric (the early-fusion paper, §5.1 scores responses with
 bhadresh-savani/distilbert-base-uncased-emotion).  The heads follow HF exactly
 (inference, no dropout):
   bert        logits = W pooler(h)           pooler(h) = tanh(W_p h[:, 0] + b_p)

@@ -166,3 +166,11 @@ class Embed(nnx.Module):
         """Tied output projection: logits = x Eᵀ, accumulated in float32."""
         return jnp.einsum("...e,ve->...v", x, self.embedding[...].astype(x.dtype),
                           preferred_element_type=jnp.float32)
+
+
+def splice(embeds: jax.Array, positions: jax.Array, mask: jax.Array, values: jax.Array) -> jax.Array:
+    """Writes values [B, N, E] at token positions [B, N] where mask [B, N] is set (soft prompts
+    into token embeddings); masked-off slots are dropped, not written."""
+    b = jnp.arange(embeds.shape[0])[:, None]
+    pos = jnp.where(mask > 0, positions, embeds.shape[1])  # out of range -> dropped
+    return embeds.at[b, pos].set(values.astype(embeds.dtype), mode="drop")

@@ -27,10 +27,10 @@ IDENTITY_MODALITIES = ("audio", "video")
 LATENTS = {"audio": ("S", "P", "I"), "video": ("S", "P", "I"), "text": ("S", "P")}
 
 
-def _schema_profile_classes() -> dict[str, int]:
-    from input_pipeline import schema
-    return {"age": len(schema.PROFILE_AGES), "gender": len(schema.PROFILE_GENDERS),
-            "timbre": len(schema.PROFILE_TIMBRES)}
+def _avamerg_profile_classes() -> dict[str, int]:
+    """Class counts of the AvaMERG profile vocabularies (input_pipeline.schema.PROFILE_*; the
+    system passes them from there, tests/test_pdr.py checks they agree)."""
+    return {"age": 4, "gender": 2, "timbre": 3}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ class PDRConfig:
     triplet_margin: float = 1.0     # ours: margin on Euclidean distances between Z_I
     # Avatar profile attributes -> number of classes (ours: AvaMERG's profile fields).
     # Defaults follow input_pipeline.schema's vocabularies (the batch's profile_age/gender/timbre).
-    profile_classes: Mapping[str, int] = dataclasses.field(default_factory=_schema_profile_classes)
+    profile_classes: Mapping[str, int] = dataclasses.field(default_factory=_avamerg_profile_classes)
 
     def __post_init__(self):
         if set(self.feature_dims) != set(MODALITIES):

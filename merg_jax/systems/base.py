@@ -59,6 +59,11 @@ class System:
         """(scalar loss, aux); aux carries `tokens` (supervised count) and other scalars."""
         raise NotImplementedError
 
+    def loss_name(self, stage: ml_collections.ConfigDict) -> str:
+        """What the stage's loss is, for metric names: "lm_nll" (a mean token NLL, so the
+        trainer also reports a perplexity) or the system's own name (MERIA's "pdr_loss")."""
+        return "lm_nll"
+
     def step_flops(self, model: nnx.Module, batch_shape: tuple[int, int], stage) -> float:
         """Analytic FLOPs of one optimizer step over a [B, L] batch (0 = unknown)."""
         return 0.0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import numpy as np
 
@@ -11,6 +12,7 @@ import ml_collections
 from flax import nnx
 
 from input_pipeline.config import default_config as pipeline_defaults
+from input_pipeline.extract_io import iter_records
 
 
 def lm_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
@@ -25,13 +27,6 @@ def lm_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
     loss = ((lse - picked) * m).sum() / denom
     correct = ((jnp.argmax(logits, axis=-1) == targets) * m).sum()
     return loss, {"tokens": tokens, "token_accuracy": correct / denom, "nll_sum": ((lse - picked) * m).sum()}
-
-
-def splice(embeds: jax.Array, positions: jax.Array, mask: jax.Array, values: jax.Array) -> jax.Array:
-    """Writes values [B, N, E] at token positions [B, N] where mask [B, N] is set."""
-    b = jnp.arange(embeds.shape[0])[:, None]
-    pos = jnp.where(mask > 0, positions, embeds.shape[1])  # out of range -> dropped
-    return embeds.at[b, pos].set(values.astype(embeds.dtype), mode="drop")
 
 
 def data_view(config: ml_collections.ConfigDict, stage: ml_collections.ConfigDict, split: str, *,
@@ -106,30 +101,18 @@ class FeatureNorm:
     @classmethod
     def from_data(cls, data_dir: str, split: str = "train", modalities=("audio", "video", "text"),
                   max_records: int = 5000) -> "FeatureNorm":
-        from array_record.python.array_record_module import ArrayRecordReader
-
-        from input_pipeline import records
-        from input_pipeline.config import shard_files
         sums: dict[str, list] = {}
-        seen = 0
-        for path in shard_files(data_dir, split):
-            reader = ArrayRecordReader(path)
-            for i in range(reader.num_records()):
-                if seen >= max_records:
-                    break
-                rec = records.decode(reader.read([i])[0])
-                seen += 1
-                for m in modalities:
-                    x = np.asarray(rec["features"].get(m), np.float64)
-                    mask = np.asarray(rec["feature_mask"].get(m), bool)
-                    if x.ndim != 2 or not mask.any():
-                        continue
-                    rows = x[mask]
-                    acc = sums.setdefault(m, [0.0, 0.0, 0])
-                    acc[0] = acc[0] + rows.sum(0)
-                    acc[1] = acc[1] + (rows ** 2).sum(0)
-                    acc[2] += len(rows)
-            reader.close()
+        for rec in itertools.islice(iter_records(data_dir, split), max_records):
+            for m in modalities:
+                x = np.asarray(rec["features"].get(m), np.float64)
+                mask = np.asarray(rec["feature_mask"].get(m), bool)
+                if x.ndim != 2 or not mask.any():
+                    continue
+                rows = x[mask]
+                acc = sums.setdefault(m, [0.0, 0.0, 0])
+                acc[0] = acc[0] + rows.sum(0)
+                acc[1] = acc[1] + (rows ** 2).sum(0)
+                acc[2] += len(rows)
         if not sums:
             raise ValueError(f"no feature rows in {data_dir} split {split!r} to normalise with")
         stats = {}

@@ -1,6 +1,6 @@
-"""Seed 000's ImageBind MLLM: early-fused audio-visual soft prompt + LoRA LLM.
+"""The early-fusion paper's ImageBind MLLM: early-fused audio-visual soft prompt + LoRA LLM.
 
-What the seed specifies (seed 000, Sec. 4.3, Fig. 1):
+What the paper specifies (the early-fusion paper, Sec. 4.3, Fig. 1):
   * audio and visual embeddings (ImageBind, one shared 1024-d space) are ADDED
     element-wise into one joint audio-visual embedding;
   * ONE linear projector maps the joint embedding into the LLM's embedding space;
@@ -9,7 +9,7 @@ What the seed specifies (seed 000, Sec. 4.3, Fig. 1):
   * the projector is trainable, the encoders frozen; the LLM is fine-tuned with
     (Q)LoRA r 8, alpha 16, dropout 0.1 (Llama-3-8B-Instruct / Mistral-7B-Instruct).
 
-What is ours (the deviations and the choices the seed leaves open):
+What is ours (the deviations and the choices the paper leaves open):
   * Our extracted features are not ImageBind's joint space: audio and video have
     different widths (180 vs 775 in the real extraction), so a plain sum is not
     defined.  Each modality first goes through its own linear map to a common
@@ -20,12 +20,12 @@ What is ours (the deviations and the choices the seed leaves open):
     joint = [audio ok]·audio_proj(a) + [video ok]·video_proj(v).  With both
     missing the joint vector is 0 and the slot gets projector(0) = its bias: a
     learned "no signal" token (the slot stays, the prompt layout never changes).
-  * The seed's single joint embedding per example becomes one joint embedding per
+  * The paper's single joint embedding per example becomes one joint embedding per
     history utterance (prompt template `early_fusion`: one `audio_video` slot per
     utterance, prepended as <Prefix>), and each slot is K =
-    data.soft_tokens_per_slot tokens: the projector (`projector`, the seed's
+    data.soft_tokens_per_slot tokens: the projector (`projector`, the paper's
     Linear Projector, with bias) maps fusion_dim -> K·d_model, reshaped to K
-    tokens; token k of a slot is row k of that reshape.  K = 1 is the seed's form.
+    tokens; token k of a slot is row k of that reshape.  K = 1 is the paper's form.
 The LLM comes from `config.model` (base.build_llm); the soft tokens replace the
 placeholder embeddings at `soft_positions` before the decoder runs.
 """
@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from merg_jax.models.layers import Linear
+from input_pipeline.pipeline import feature_dims
+from merg_jax.models.layers import Linear, splice
 from merg_jax.systems import common
 from merg_jax.systems.base import System, build_llm
 
@@ -66,16 +67,8 @@ class EarlyFusion(System):
 
     def feature_dims(self) -> dict[str, int]:
         """config.data.feature_dims, else the data's manifest / first record (as the pipeline does)."""
-        if self.config.data.get("feature_dims"):
-            return {k: int(v) for k, v in dict(self.config.data.feature_dims).items()}
-        import grain
-
-        from input_pipeline.config import shard_files
-        from input_pipeline.pipeline import feature_dims
         d = self.config.data
-        files = shard_files(d.data_dir, d.get("train_split", "train"))
-        source = grain.sources.ArrayRecordDataSource(files) if files else None
-        return feature_dims(source, d.data_dir)
+        return feature_dims(d.data_dir, d.get("train_split", "train"), override=d.get("feature_dims"))
 
     def build(self, mesh) -> nnx.Module:
         llm, self._base = build_llm(self.config.model, mesh, self.config.seed)
@@ -119,7 +112,7 @@ def soft_embeds(model: "EarlyFusionModel", batch: dict) -> jax.Array:
     tokens = model.fusion(batch["audio"], batch["video"], batch["audio_mask"], batch["video_mask"])
     values = gather_slots(tokens, batch["soft_utterance"], batch["soft_index"])
     mask = batch["soft_mask"] * (batch["soft_modality"] == AUDIO_VIDEO) * (batch["soft_utterance"] >= 0)
-    return common.splice(embeds, batch["soft_positions"], mask, values)
+    return splice(embeds, batch["soft_positions"], mask, values)
 
 
 def gather_slots(tokens: jax.Array, utterance: jax.Array, index: jax.Array) -> jax.Array:
@@ -131,7 +124,7 @@ def gather_slots(tokens: jax.Array, utterance: jax.Array, index: jax.Array) -> j
 
 
 class EarlyFusionModel(nnx.Module):
-    """Parameter paths: audio_proj/*, video_proj/* (ours), projector/* (the seed's), llm/*."""
+    """Parameter paths: audio_proj/*, video_proj/* (ours), projector/* (the paper's), llm/*."""
 
     def __init__(self, llm, audio_proj: Linear, video_proj: Linear, projector: Linear, k: int):
         self.llm = llm

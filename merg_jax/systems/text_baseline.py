@@ -1,4 +1,4 @@
-"""Seed 000's text-only baseline: dialogue history in a prompt -> the next empathetic line.
+"""The early-fusion paper's text-only baseline: dialogue history in a prompt -> the next empathetic line.
 
 One LoRA LLM, no soft prompts.  It is the floor the multimodal systems must beat:
 on the synthetic corpus with `text_leak=0` the text carries no emotion, so its

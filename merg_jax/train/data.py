@@ -15,6 +15,8 @@ import os
 import jax
 import ml_collections
 
+from input_pipeline.extract_io import read_manifest
+
 log = logging.getLogger(__name__)
 
 
@@ -30,15 +32,6 @@ def synthetic_defaults() -> ml_collections.ConfigDict:
     return c
 
 
-def manifest(data_dir: str) -> dict:
-    path = os.path.join(data_dir, "manifest.json")
-    if not os.path.exists(path):
-        raise ValueError(f"no manifest.json in data.data_dir={data_dir}; run launch/extract_features.py "
-                         "there first, or set data.synthetic.generate=True for the synthetic corpus")
-    with open(path) as f:
-        return json.load(f)
-
-
 def ensure_features(data: ml_collections.ConfigDict) -> None:
     """Generates the synthetic corpus and extracts its features when they are missing."""
     if not data.data_dir:
@@ -47,7 +40,7 @@ def ensure_features(data: ml_collections.ConfigDict) -> None:
         return
     syn = data.get("synthetic")
     if syn is None or not syn.generate:
-        manifest(data.data_dir)  # raises with the message
+        read_manifest(data.data_dir)  # raises with the message
     if jax.process_index() != 0:
         raise ValueError(f"{data.data_dir} has no features; on several hosts prepare them first "
                          "(launch/make_synthetic.py + launch/extract_features.py) on shared storage")
@@ -66,7 +59,7 @@ def ensure_features(data: ml_collections.ConfigDict) -> None:
 
 
 def split_size(data_dir: str, split: str) -> int:
-    splits = manifest(data_dir).get("splits", {})
+    splits = read_manifest(data_dir).get("splits", {})
     if split not in splits:
         raise ValueError(f"split {split!r} is not in {data_dir}/manifest.json (has {sorted(splits)})")
     return int(splits[split]["num_examples"])

@@ -277,8 +277,13 @@ class Trainer:
                 n, t = evaluate(run.params, run.rest, to_global(batch, self.mesh))
             nll, tokens = nll + float(n), tokens + float(t)
         loss = nll / max(tokens, 1.0)
-        self.writer.write_scalars(step, {f"{run.name}/eval_loss": loss, f"{run.name}/eval_ppl": math.exp(min(loss, 50))})
-        log.info("[%s] step %d eval_loss=%.4f (%d tokens)", run.name, step, loss, tokens)
+        name = self.system.loss_name(run.cfg)  # "lm_nll" for a language-model loss
+        scalars = {f"{run.name}/eval_loss": loss, f"{run.name}/eval_{name}": loss}
+        if name == "lm_nll":  # a perplexity only where the loss is a token NLL
+            scalars[f"{run.name}/eval_ppl"] = math.exp(min(loss, 50))
+        self.writer.write_scalars(step, scalars)
+        log.info("[%s] step %d eval %s=%.4f (%d %s)", run.name, step, name, loss, tokens,
+                 "tokens" if name == "lm_nll" else "rows")
         return loss
 
     def train(self) -> dict:
