@@ -1,4 +1,4 @@
-"""Seed 004's MERIA: PDR -> UGF -> soft prompts -> M-CoE LLM -> Response LLM, in three stages.
+"""The MERIA paper's system: PDR -> UGF -> soft prompts -> M-CoE LLM -> Response LLM, in three stages.
 
     python launch/train.py --config=configs/meria.py[:preset] --workdir=DIR
 
@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from input_pipeline.config import default_config as pipeline_defaults
-from merg_jax.systems.base import model_defaults
-from merg_jax.train.config import base_config, select_preset, stage
-from merg_jax.train.data import synthetic_defaults
+from configs.common import (base_config, model_defaults, pipeline_defaults, select_preset, stage,
+                            synthetic_defaults)
 
 PAPER_LORA = dict(rank=16, alpha=32.0, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
 

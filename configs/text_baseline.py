@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from input_pipeline.config import default_config as pipeline_defaults
-from merg_jax.systems.base import model_defaults
-from merg_jax.train.config import base_config, select_preset, stage
-from merg_jax.train.data import synthetic_defaults
+from configs.common import (base_config, model_defaults, pipeline_defaults, select_preset, stage,
+                            synthetic_defaults)
 
 SEED000_LORA = dict(rank=8, alpha=16.0, dropout=0.1, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from input_pipeline.config import default_config as pipeline_defaults
+from configs.common import pipeline_defaults
 
 
 def lm_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array

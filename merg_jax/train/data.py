@@ -18,18 +18,6 @@ import ml_collections
 log = logging.getLogger(__name__)
 
 
-def synthetic_defaults() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.generate = True  # build corpus + features when data_dir has no manifest.json
-    c.corpus_dir = ""  # "" = <data_dir>/../corpus-<name>
-    c.num_dialogues = 200
-    c.seed = 0
-    c.conflict_rate = 0.0
-    c.text_leak = 0.0
-    c.workers = max(1, (os.cpu_count() or 2) - 1)
-    return c
-
-
 def manifest(data_dir: str) -> dict:
     path = os.path.join(data_dir, "manifest.json")
     if not os.path.exists(path):
