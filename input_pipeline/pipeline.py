@@ -64,8 +64,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from input_pipeline import extract_io, records, schema
 from configs.common import pipeline_defaults
+from input_pipeline import extract_io, records, schema
 from input_pipeline.config import shard_files, validate
 from input_pipeline.prompts import PromptBuilder
 
@@ -78,8 +78,7 @@ PER_EXAMPLE = ("label", "example_mask", "prompt_length", "truncated_utterances",
 PER_ROW = ("speaker_ids", "profile_age", "profile_gender", "profile_timbre", "utterance_label")
 _PAD = b""  # source element standing for an eval padding example
 
-__all__ = ["make_dataset", "make_iterator", "to_global", "collate",
-           "feature_dims"]
+__all__ = ["make_dataset", "make_iterator", "to_global", "collate", "feature_dims"]
 
 
 class _PadToLength(grain.MapDataset):
