@@ -72,8 +72,9 @@ def write_shards(out: str, n: int, shards: int = 4) -> None:
 
 
 def bench_pipeline(data_dir: str, workers: int, seconds: float) -> dict:
+    from configs.common import pipeline_defaults
     from input_pipeline import pipeline
-    c = pipeline.default_config()
+    c = pipeline_defaults()
     c.data_dir, c.template, c.global_batch_size = data_dir, "coe", 32
     c.max_utterances, c.worker_count, c.read_threads = 8, workers, 0 if workers else 2
     c.worker_buffer_size = 4

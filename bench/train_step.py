@@ -66,13 +66,14 @@ def _runtime_step(llm, mesh, batch_np: dict, total_steps: int, grad_accum: int =
     import ml_collections
     from flax import nnx
 
+    from configs.common import optimizer_defaults
     from merg_jax.core import sharding as shd
     from merg_jax.systems.text_baseline import TextBaseline, TextModel
     from merg_jax.train import optim, partition
     from merg_jax.train.trainer import StageRun, Trainer
 
     config = ml_collections.ConfigDict()
-    config.optimizer = optim.default_config()
+    config.optimizer = optimizer_defaults()
     config.optimizer.grad_accum = grad_accum
     config.log = ml_collections.ConfigDict({"every_steps": 0})
     stage = ml_collections.ConfigDict({"trainable": (r".*lora_[ab]",)})

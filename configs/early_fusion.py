@@ -1,13 +1,14 @@
-"""Seed 000's ImageBind MLLM: early-fused audio+video soft prompt prepended to Listing 1, LoRA LLM.
+"""The early-fusion paper's (MELD report) ImageBind MLLM: an early-fused audio+video soft prompt
+prepended to Listing 1, LoRA on the LLM.
 
     python launch/train.py --config=configs/early_fusion.py[:preset] --workdir=DIR
 
 One stage `sft` trains the projector, the per-modality maps and the LLM's LoRA
-(see merg_jax/systems/early_fusion.py for which part is the seed's and which is ours).
+(see merg_jax/systems/early_fusion.py for which part is the paper's and which is ours).
 
 Presets:
   smoke        SmolLM2-135M-Instruct (installed with the project) on the synthetic corpus
-  llama3_8b    Llama-3-8B-Instruct, LoRA r 8, alpha 16, dropout 0.1 (seed 000)
+  llama3_8b    Llama-3-8B-Instruct, LoRA r 8, alpha 16, dropout 0.1 (the early-fusion paper's)
   mistral_7b   Mistral-7B-Instruct-v0.3, same LoRA
 The 7B/8B presets need --config.model.path=/local/weights (no downloads at run time).
 """
@@ -15,24 +16,24 @@ from __future__ import annotations
 
 import ml_collections
 
-from input_pipeline.config import default_config as pipeline_defaults
-from merg_jax.systems.base import model_defaults
-from merg_jax.train.config import base_config, select_preset, stage
-from merg_jax.train.data import synthetic_defaults
+from configs.common import (base_config, model_defaults, pipeline_defaults, select_preset, stage,
+                            synthetic_defaults)
 
-SEED000_LORA = dict(rank=8, alpha=16.0, dropout=0.1, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
+# The early-fusion paper's (MELD report) LoRA: rank 8, alpha 16, dropout 0.1, attention projections.
+EARLY_FUSION_LORA = dict(rank=8, alpha=16.0, dropout=0.1, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
 TRAINABLE = (r"projector/.*", r"audio_proj/.*", r"video_proj/.*", r"llm/.*lora_[ab]")
 
 
 def _common() -> ml_collections.ConfigDict:
     c = base_config()
     c.system = "early_fusion"
-    c.model = model_defaults(lora=ml_collections.ConfigDict(SEED000_LORA))
+    c.model = model_defaults(lora=ml_collections.ConfigDict(EARLY_FUSION_LORA))
     c.model.fusion_dim = 1024  # common audio/video width before the sum (ImageBind's joint width)
     c.data = pipeline_defaults()
     c.data.data_dir = "data/synthetic-features"
-    c.data.template = "early_fusion"  # Listing 1 verbatim, one audio_video slot per history utterance
-    c.data.soft_tokens_per_slot = 1  # K; 1 = the seed's single projected embedding per slot
+    # input_pipeline.prompts.TEMPLATES name: Listing 1 verbatim, one audio_video slot per history utterance
+    c.data.template = "early_fusion"
+    c.data.soft_tokens_per_slot = 1  # K; 1 = the paper's single projected embedding per slot
     c.data.max_utterances = 8
     c.data.synthetic = synthetic_defaults()
     c.data.train_split = "train"

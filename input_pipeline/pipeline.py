@@ -64,8 +64,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from configs.common import pipeline_defaults
 from input_pipeline import extract_io, records, schema
-from input_pipeline.config import default_config, shard_files, validate
+from input_pipeline.config import shard_files, validate
 from input_pipeline.prompts import PromptBuilder
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,7 @@ PER_EXAMPLE = ("label", "example_mask", "prompt_length", "truncated_utterances",
 PER_ROW = ("speaker_ids", "profile_age", "profile_gender", "profile_timbre", "utterance_label")
 _PAD = b""  # source element standing for an eval padding example
 
-__all__ = ["default_config", "make_dataset", "make_iterator", "to_global", "collate",
-           "feature_dims"]
+__all__ = ["make_dataset", "make_iterator", "to_global", "collate", "feature_dims"]
 
 
 class _PadToLength(grain.MapDataset):
@@ -460,7 +460,7 @@ def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str
 
 if __name__ == "__main__":  # quick look at a split: python -m input_pipeline.pipeline DIR [template]
     logging.basicConfig(stream=sys.stderr, level=logging.INFO)
-    cfg = default_config()
+    cfg = pipeline_defaults()
     cfg.data_dir, cfg.global_batch_size, cfg.num_epochs = sys.argv[1], 4, 1
     if len(sys.argv) > 2:
         cfg.template = sys.argv[2]

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from configs.common import pipeline_defaults
 from input_pipeline import extract_io, pipeline, prompts, records, schema
 from input_pipeline.avamerg import read_avamerg
 from input_pipeline.synthetic import corpus, mcoe, styles
@@ -35,7 +36,7 @@ def _facts(meta: dict) -> dict:
 
 
 def _batches(recs: list[dict], **kw) -> list[dict]:
-    c = pipeline.default_config()
+    c = pipeline_defaults()
     c.update(global_batch_size=4, seq_buckets=(256, 512, 1024), max_utterances=U, num_epochs=1,
              shuffle=False, drop_remainder=False, read_threads=0, template="mcoe",
              feature_dims=DIMS)

@@ -13,6 +13,7 @@ import pytest
 grain = pytest.importorskip("grain")
 from array_record.python.array_record_module import ArrayRecordWriter  # noqa: E402
 
+from configs.common import pipeline_defaults  # noqa: E402  (after the grain importorskip)
 from input_pipeline import pipeline, prompts, records  # noqa: E402
 from merg_jax.core.assets import smollm2_gguf  # noqa: E402
 
@@ -70,7 +71,7 @@ def tok():
 
 
 def cfg(data_dir: str, **kw):
-    c = pipeline.default_config()
+    c = pipeline_defaults()
     c.data_dir, c.global_batch_size, c.seq_buckets = data_dir, 4, (64, 128, 256, 512, 1024)
     c.max_utterances, c.read_threads, c.prefetch_buffer_size = 6, 0, 8
     c.update(kw)

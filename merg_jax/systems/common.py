@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from input_pipeline.config import default_config as pipeline_defaults
+from configs.common import pipeline_defaults
 from input_pipeline.extract_io import iter_records
 
 

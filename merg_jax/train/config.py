@@ -1,48 +1,12 @@
-"""Runtime config blocks shared by every system's config file, and start-up validation.
+"""Start-up validation of a run config.
 
-A config file (configs/<system>.py) calls `base_config()` and fills in the
-system's model, data and stages; `validate` runs before any device work so a
-wrong value fails in the first second with the field to change.
+The defaults live in configs/common.py (configs are data and load no runtime);
+`validate` runs before any device work so a wrong value fails in the first
+second with the field to change.
 """
 from __future__ import annotations
 
 import ml_collections
-
-from merg_jax.train import distributed, optim
-
-
-def stage(name: str, *, trainable, steps: int = 0, epochs: float = 0.0, loss_weights: dict | None = None,
-          data: dict | None = None, learning_rate: float = 0.0, **extra) -> ml_collections.ConfigDict:
-    """One stage: what trains (regexes over parameter paths), how long, with which losses and data."""
-    c = ml_collections.ConfigDict()
-    c.name = name
-    c.trainable = tuple(trainable)
-    c.steps = steps  # > 0 wins over epochs
-    c.epochs = epochs
-    c.loss_weights = ml_collections.ConfigDict(loss_weights or {})
-    c.data = ml_collections.ConfigDict(data or {})  # overrides of config.data for this stage's view
-    c.learning_rate = learning_rate  # 0 = optimizer.learning_rate
-    c.update(extra)
-    return c
-
-
-def base_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.system = ""
-    c.preset = ""
-    c.seed = 0
-    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-    c.mesh.rules = ()  # () = merg_jax.core.sharding.LOGICAL_RULES; else ((logical, mesh axes), ...)
-    c.optimizer = optim.default_config()
-    c.stages = ml_collections.ConfigDict()
-    c.stage_order = ()
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=2, keep_best=1, best_by_eval=False,
-                                                  async_save=True))
-    # inject_nan_at: fault injection for tests (the loss of that stage step becomes NaN); 0 = off
-    c.log = ml_collections.ConfigDict(dict(every_steps=10, eval_every=0, eval_batches=0, peak_flops=0.0,
-                                           inject_nan_at=0))
-    c.distributed = distributed.defaults()
-    return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -83,12 +47,3 @@ def validate(c: ml_collections.ConfigDict) -> None:
         bad(f"optimizer.schedule={o.schedule!r}; use cosine, linear or constant")
     if c.checkpoint.keep < 1:
         bad("checkpoint.keep must be >= 1")
-
-
-def select_preset(presets: dict, preset: str, default: str):
-    """The preset's builder, or a ValueError listing the known ones."""
-    name = preset or default
-    if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(presets))} "
-                         "(use --config=configs/<system>.py:<preset>)")
-    return name, presets[name]

@@ -20,16 +20,6 @@ from input_pipeline.extract_io import read_manifest
 log = logging.getLogger(__name__)
 
 
-def synthetic_defaults() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.generate = True  # build corpus + features when data_dir has no manifest.json
-    c.corpus_dir = ""  # "" = <data_dir>/../corpus-<name>
-    c.num_dialogues = 200
-    c.seed = 0
-    c.conflict_rate = 0.0
-    c.text_leak = 0.0
-    c.workers = max(1, (os.cpu_count() or 2) - 1)
-    return c
 
 
 def ensure_features(data: ml_collections.ConfigDict) -> None:

@@ -15,18 +15,10 @@ import os
 import jax
 import ml_collections
 
+from configs.common import distributed_defaults
+
 log = logging.getLogger(__name__)
 _DONE = False
-
-
-def defaults() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.auto = True  # let JAX detect TPU pods / SLURM / MPI
-    c.coordinator = ""  # host:port; "" = from MERG_COORDINATOR or auto-detection
-    c.num_processes = 0
-    c.process_id = -1
-    c.cpu_collectives = "gloo"  # collectives between CPU processes (tests on localhost)
-    return c
 
 
 def _cluster_detected() -> bool:
@@ -40,7 +32,7 @@ def initialize(c: ml_collections.ConfigDict | None = None) -> None:
     global _DONE
     if _DONE:
         return
-    c = c or defaults()
+    c = c or distributed_defaults()
     env = os.environ
     coordinator = c.coordinator or env.get("MERG_COORDINATOR", "")
     if coordinator:

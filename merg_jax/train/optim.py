@@ -82,25 +82,6 @@ def make_optimizer(opt: ml_collections.ConfigDict, params: dict, total_steps: in
     return optax.chain(*chain), sched
 
 
-def default_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.name = "adamw"
-    c.learning_rate = 2e-4
-    c.b1 = 0.9
-    c.b2 = 0.999
-    c.eps = 1e-8
-    c.weight_decay = 0.0
-    c.weight_decay_exclude = (r".*norm.*", r".*bias", r".*embedding")
-    c.schedule = "cosine"  # cosine | linear | constant (after warmup)
-    c.warmup_steps = -1  # -1: use warmup_ratio
-    c.warmup_ratio = 0.03
-    c.end_lr_factor = 0.0
-    c.clip_norm = 1.0
-    c.grad_accum = 1  # micro-batches per step (the batch is split inside the jitted step)
-    c.lr_groups = ()  # ((regex, multiplier), ...): first match wins, default 1
-    return c
-
-
 def init_state(tx: optax.GradientTransformation, params: Any, mesh: jax.sharding.Mesh) -> Any:
     """`tx.init(params)` placed as the jitted step returns it: moments follow their
     parameters' shardings, scalars (step counts) are replicated on `mesh`.  Left on one
