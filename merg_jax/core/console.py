@@ -113,13 +113,13 @@ class Progress:
         self.desc, self.total, self.start, self.every, self.unit = desc, int(total), int(start), int(every), unit
         self.bar_keys = bar_keys
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled
+        self.enabled = enabled and self.total > 0  # nothing to do: no empty 0/0 bar
         self.t0 = time.perf_counter()
         self.n = self._printed = self.start
         self._bar = None
         if live is None:
             live = bool(getattr(self.stream, "isatty", lambda: False)())
-        if enabled and live:
+        if self.enabled and live:
             from tqdm import tqdm
             self._bar = tqdm(total=self.total, initial=self.start, desc=desc, unit=unit, file=self.stream,
                              dynamic_ncols=True, leave=True, mininterval=0.2)
@@ -131,9 +131,11 @@ class Progress:
 
     def update(self, n: int, scalars: Mapping[str, Any] | None = None, *, force: bool = False) -> None:
         """Moves to position n; `scalars` (loss, tokens_per_s, ...) are shown next to it."""
-        if not self.enabled:
-            return
         scalars = scalars or {}
+        if not self.enabled:
+            self._printed = n if force or self.due(n) else self._printed
+            self.n = n
+            return
         if self._bar is not None:
             shown = scalars if self.bar_keys is None else {k: scalars[k] for k in self.bar_keys if k in scalars}
             if shown:

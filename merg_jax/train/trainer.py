@@ -26,12 +26,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from merg_jax.core import sharding as shd
+from merg_jax.core.console import Progress
 from merg_jax.core.io import write_json
 from merg_jax.train import checkpoint as ckpt_lib
 from merg_jax.train import data as data_lib
 from merg_jax.train import distributed, optim, partition
 from merg_jax.train.config import validate
-from merg_jax.core.console import Progress
 from merg_jax.train.metrics import Averager, make_writer, peak_flops
 
 log = logging.getLogger(__name__)
