@@ -33,6 +33,7 @@ RUNTIME = [
     "scikit-learn>=1.4",  # t-SNE plots
     "tensorboard>=2.16",  # reads training curves back (EventAccumulator)
     "tensorboardX>=2.6",  # the trainer writes scalars with it
+    "tqdm>=4.66",  # progress bars (merg_jax/core/console.py)
 ]
 
 TEST = [

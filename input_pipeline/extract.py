@@ -50,6 +50,7 @@ import numpy as np
 
 from input_pipeline import extract_io, records, schema
 from input_pipeline.features import registry
+from merg_jax.core.console import Progress
 from merg_jax.core.io import write_json
 from input_pipeline.media_workers import extract_media, make_extractor  # noqa: F401 (API)
 
@@ -208,8 +209,10 @@ def run_extraction(dataset: str, data_dir: str, output_dir: str, workers: int = 
         timings["text"] = round(time.perf_counter() - t, 3)
 
     t0 = time.perf_counter()
-    media = extract_media(media_paths, {m: specs_cfg[m] for m in media_paths}, workers,
-                          cfg.chunk_size, while_waiting=run_text, local=exts)
+    n_clips = sum(map(len, media_paths.values()))
+    with Progress("extract media", n_clips, every=max(1, n_clips // 10), unit="clip") as bar:
+        media = extract_media(media_paths, {m: specs_cfg[m] for m in media_paths}, workers,
+                              cfg.chunk_size, while_waiting=run_text, local=exts, on_done=bar.update)
     timings["media_and_text"] = round(time.perf_counter() - t0, 3)
     timings["audio_clips"], timings["video_clips"] = len(media_paths["audio"]), len(media_paths["video"])
     manifest["elapsed_s"]["extract"] = timings

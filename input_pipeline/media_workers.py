@@ -90,13 +90,16 @@ def _work(modality: str, paths: list[str]) -> list:
 def extract_media(paths_by_modality: dict[str, list[str]], specs: dict[str, tuple[str, dict]],
                   workers: int, chunk_size: int,
                   while_waiting: Optional[Callable[[], None]] = None,
-                  local: Optional[dict[str, registry.Extractor]] = None) -> dict[str, dict[str, Any]]:
+                  local: Optional[dict[str, registry.Extractor]] = None,
+                  on_done: Optional[Callable[[int], None]] = None) -> dict[str, dict[str, Any]]:
     """{modality: {path: features dict | ("error", reason)}}.
 
     workers <= 1: in this process (with the `local` extractors when given), where
     a crashing decoder takes the caller down; use workers >= 2 on untrusted media.
     `while_waiting` runs in this process while the workers decode (the text encoder).
+    `on_done(n)` is told how many clips are decoded so far (a progress bar).
     """
+    on_done = on_done or (lambda n: None)
     out: dict[str, dict[str, Any]] = {m: {} for m in paths_by_modality}
     if workers <= 1 or not any(paths_by_modality.values()):
         exts = {m: (local or {}).get(m) or make_extractor(specs[m][0], m, specs[m][1])
@@ -104,13 +107,14 @@ def extract_media(paths_by_modality: dict[str, list[str]], specs: dict[str, tupl
         for m, paths in paths_by_modality.items():
             for p in paths:
                 out[m][p] = extract_one(exts[m], p)
+                on_done(sum(map(len, out.values())))
         if while_waiting:
             while_waiting()
         return out
     todo = {m: list(paths) for m, paths in paths_by_modality.items()}
     suspects: list[tuple[str, str]] = []
     while any(todo.values()):
-        in_flight = _pool_pass(todo, specs, workers, chunk_size, out, while_waiting)
+        in_flight = _pool_pass(todo, specs, workers, chunk_size, out, while_waiting, on_done)
         while_waiting = None  # ran in the first pass
         if in_flight is None:
             break
@@ -133,11 +137,12 @@ def extract_media(paths_by_modality: dict[str, list[str]], specs: dict[str, tupl
 
 def _pool_pass(todo: dict[str, list[str]], specs: dict[str, tuple[str, dict]], workers: int,
                chunk_size: int, out: dict[str, dict[str, Any]],
-               while_waiting: Optional[Callable[[], None]]) -> Optional[list[tuple[str, str]]]:
+               while_waiting: Optional[Callable[[], None]],
+               on_done: Callable[[int], None] = lambda n: None) -> Optional[list[tuple[str, str]]]:
     """Decodes `todo` into `out`; None when every task finished, else the clips in flight
     in the workers when the pool broke (the one that killed its worker among them)."""
     with tempfile.TemporaryDirectory(prefix="merg_media_") as marker_dir:
-        broken = _run_pool(todo, specs, workers, chunk_size, out, marker_dir, while_waiting)
+        broken = _run_pool(todo, specs, workers, chunk_size, out, marker_dir, while_waiting, on_done)
         if not broken:
             return None
         in_flight = []
@@ -154,7 +159,7 @@ def _pool_pass(todo: dict[str, list[str]], specs: dict[str, tuple[str, dict]], w
 
 def _run_pool(todo: dict[str, list[str]], specs: dict[str, tuple[str, dict]], workers: int,
               chunk_size: int, out: dict[str, dict[str, Any]], marker_dir: str,
-              while_waiting: Optional[Callable[[], None]]) -> bool:
+              while_waiting: Optional[Callable[[], None]], on_done: Callable[[int], None]) -> bool:
     """True when the pool broke (a worker died)."""
     ctx = multiprocessing.get_context("spawn")  # JAX in this process: never fork it
     pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
@@ -183,6 +188,7 @@ def _run_pool(todo: dict[str, list[str]], specs: dict[str, tuple[str, dict]], wo
                 continue
             for p, res in zip(chunk, results, strict=True):
                 out[m][p] = res
+            on_done(sum(map(len, out.values())))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return broken

@@ -7,11 +7,8 @@ model's chat template, greedy, on whatever JAX device is present.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MESSAGES = [
     "I failed my driving test today.",

@@ -10,55 +10,61 @@ is launch/chat_demo.py.
 """
 from __future__ import annotations
 
-import json
-import logging
+import importlib.util
 import os
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+from merg_jax.core import console
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 flags.DEFINE_string("workdir", os.path.join(REPO, "runs", "meria-smoke"), "Training workdir.")
 flags.DEFINE_integer("max_examples", 32, "Test examples to evaluate (0: the whole split).")
 flags.DEFINE_bool("bertscore", True, "Compute BERTScore (local all-MiniLM-L6-v2).")
+flags.DEFINE_integer("log_every_steps", 50, "Training: a plain progress line every N steps where stderr is "
+                     "not a terminal (a terminal gets live bars); the log file gets them too.")
 FLAGS = flags.FLAGS
 
 
 def main(argv) -> int:
     del argv
-    logging.getLogger().setLevel(logging.INFO)
+    workdir = os.path.abspath(FLAGS.workdir)  # before the chdir below
+    log_file = console.setup(os.path.join(workdir, "logs"), FLAGS.verbosity, "demo")
+    print(f"MERIA smoke demo: 3 training stages, evaluation, HF export; log: {log_file}", flush=True)
     os.chdir(REPO)  # the smoke preset's data paths are relative to the repository
-    import importlib.util
-
+    from merg_jax.systems.export import export, load_for_export
     from merg_jax.systems.jobs import evaluate_workdir, make_trainer
     spec = importlib.util.spec_from_file_location("meria_config", os.path.join(REPO, "configs", "meria.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     config = mod.get_config("smoke")
+    config.log.every_steps = FLAGS.log_every_steps
 
     t0 = time.perf_counter()
-    summary = make_trainer(config, FLAGS.workdir).train()
+    print(f"training into {workdir}", flush=True)
+    summary = make_trainer(config, workdir).train()
     t_train = time.perf_counter() - t0
-    eval_dir = os.path.join(FLAGS.workdir, "eval_test")
-    metrics = evaluate_workdir(FLAGS.workdir, split="test", output_dir=eval_dir, max_examples=FLAGS.max_examples,
-                       bertscore=FLAGS.bertscore)
+    eval_dir = os.path.join(workdir, "eval_test")
+    print(f"evaluating the test split into {eval_dir}", flush=True)
+    evaluate_workdir(workdir, split="test", output_dir=eval_dir, max_examples=FLAGS.max_examples,
+                     bertscore=FLAGS.bertscore)
     t_eval = time.perf_counter() - t0 - t_train
 
-    sys.path.insert(0, os.path.join(REPO, "launch"))
-    from export_hf import export, load_for_export
-    export_dir = os.path.join(FLAGS.workdir, "export", "response_llm")
-    model, tok = load_for_export(FLAGS.workdir, which="response")
+    export_dir = os.path.join(workdir, "export", "response_llm")
+    print(f"exporting the Response LLM to {export_dir}", flush=True)
+    model, tok = load_for_export(workdir, which="response")
     export(model, tok, export_dir)
 
-    print(open(os.path.join(eval_dir, "metrics.md")).read())
-    print(json.dumps({k: v for k, v in summary.items() if k != "stages"}, default=str))
-    print(f"train {t_train:.0f} s, evaluation {t_eval:.0f} s")
-    print(f"workdir (checkpoints, TensorBoard): {FLAGS.workdir}")
+    with open(os.path.join(eval_dir, "metrics.md"), encoding="utf-8") as f:
+        print(f.read().rstrip())
+    print(f"training {summary.get('status')} at step {summary.get('step')}: {t_train:.0f} s, "
+          f"evaluation {t_eval:.0f} s")
+    print(f"workdir (checkpoints, TensorBoard): {workdir}")
     print(f"evaluation (predictions, metrics, submission, plots): {eval_dir}")
     print(f"Response LLM as an HF directory: {export_dir}")
+    print(f"log (library output, every progress line): {log_file}")
     return 0
 
 

@@ -5,18 +5,18 @@
 
 Writes predictions.jsonl, metrics.json, metrics.md, submission.json and PNG plots to
 O (default W/eval_<split>) and prints the metrics table.  The model comes from W (its
-own config.json); --config names the system and must agree with it.
+own config.json); --config names the system and must agree with it.  Logs go to
+W/logs/evaluate.log (--verbosity=1: INFO on the console too).
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from merg_jax.core import console
 
 config_flags.DEFINE_config_file("config", None, "configs/<system>.py[:preset]", lock_config=True)
 flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
@@ -36,7 +36,7 @@ def main(argv) -> int:
     from merg_jax.systems.jobs import evaluate_workdir
     from merg_jax.systems.workdir import read_config
 
-    logging.getLogger().setLevel(logging.INFO)
+    console.setup(os.path.join(FLAGS.workdir, "logs"), FLAGS.verbosity, "evaluate")
     saved = read_config(FLAGS.workdir) or {}
     if FLAGS.config is not None and saved.get("system") and saved["system"] != FLAGS.config.system:
         print(f"error: {FLAGS.workdir} was trained as system {saved['system']!r}, but --config is "

@@ -4,7 +4,8 @@
         [--workers=N] [--config=extract.json] [--audio=NAME --video=NAME --text=NAME] [--splits=train,test]
 
 --config is a JSON file (or inline JSON) described in input_pipeline/extract.py;
---audio/--video/--text override the extractor names from it.  Logs go to stderr.
+--audio/--video/--text override the extractor names from it.  Logs go to
+OUT/logs/extract_features.log (--verbosity=1: INFO on stderr too).
 A rerun into the same OUT keeps shards that are already complete.
 """
 from __future__ import annotations
@@ -12,13 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from input_pipeline import extract  # noqa: E402
+from input_pipeline import extract
+from merg_jax.core import console
 
 flags.DEFINE_enum("dataset", "avamerg", ["avamerg", "meld", "synthetic"], "Dataset layout to read.")
 flags.DEFINE_string("data_dir", None, "Dataset root.", required=True)
@@ -36,9 +35,8 @@ flags.DEFINE_integer("examples_per_shard", None, "Examples per ArrayRecord shard
 
 def main(argv):
     del argv
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     f = flags.FLAGS
+    log_file = console.setup(os.path.join(f.output_dir, "logs"), f.verbosity, "extract_features")
     cfg = extract.ExtractConfig.from_json(f.config) if f.config else extract.ExtractConfig()
     for m in ("audio", "video", "text"):
         if f[m].value:
@@ -53,6 +51,8 @@ def main(argv):
                for s, v in manifest["splits"].items()}
     logging.info("summary: %s; reader rejections: %d", json.dumps(summary),
                  manifest["reader"]["num_rejections"])
+    print(f"features: {f.output_dir} {json.dumps(summary)}; reader rejections: "
+          f"{manifest['reader']['num_rejections']}; log: {log_file}")
 
 
 if __name__ == "__main__":

@@ -12,12 +12,9 @@ continuation; logs go to stderr.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 flags.DEFINE_string("model", None, "HF directory, .gguf file or training workdir.", required=True)
 flags.DEFINE_string("prompt", None, "Prompt text.", required=True)

@@ -6,6 +6,8 @@ Runs the config's stages in order and resumes automatically from DIR's newest go
 checkpoint.  SIGTERM saves and exits; a NaN/Inf loss stops with exit status 3.
 Multi-host: export MERG_COORDINATOR=host:port MERG_NUM_PROCESSES=N MERG_PROCESS_ID=i
 on every process (TPU pods and SLURM are detected automatically).
+The console shows a progress bar per stage and warnings; every log line goes to
+DIR/logs/train.log (--verbosity=1 shows INFO on the console too).
 """
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from merg_jax.core import console
 
 config_flags.DEFINE_config_file("config", None, "configs/<system>.py[:preset]", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and outputs go here.", required=True)
@@ -31,7 +33,9 @@ def main(argv) -> int:
 
     if FLAGS.config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/meria.py:smoke")
-    logging.getLogger().setLevel(logging.INFO)
+    process = os.environ.get("MERG_PROCESS_ID", "0")  # one file per process of a multi-host run
+    console.setup(os.path.join(FLAGS.workdir, "logs"), FLAGS.verbosity,
+                  "train" if process == "0" else f"train.{process}")
     try:
         trainer = make_trainer(FLAGS.config, FLAGS.workdir)
         trainer.setup()

@@ -92,12 +92,12 @@ def _assert_same(a: dict, b: dict, atol: float = 0.0):
 def reference(assets, tmp_path_factory):
     """An uninterrupted 8-step run on one device (checkpoints at 4, 6 and the boundary at 8)."""
     w = str(tmp_path_factory.mktemp("ref"))
-    s = _summary(_run(_args(assets, w)))
-    return w, s
+    p = _run(_args(assets, w))
+    return w, _summary(p), p
 
 
 def test_uninterrupted_run_trains_lora_only(reference):
-    w, s = reference
+    w, s, _ = reference
     assert s["status"] == "done" and s["step"] == 8
     # one compile per sequence bucket: a step input that changes placement would add one
     sft = s["stages"]["sft"]
@@ -107,6 +107,19 @@ def test_uninterrupted_run_trains_lora_only(reference):
     assert any(np.abs(v).max() > 0 for k, v in p.items() if k.endswith("lora_b"))  # B starts at 0
     meta = json.load(open(os.path.join(w, "checkpoints", "8", "meta", "metadata")))
     assert meta["stage"] == "done" and meta["bases"]["llm"]["checksum"]
+
+
+def test_console_library_info_in_the_log_plain_progress_on_stderr(reference):
+    """Off a TTY (this pipe) stderr gets one plain progress line every log.every_steps (1 here)."""
+    w, _, p = reference
+    log = open(os.path.join(w, "logs", "train.log")).read()
+    for info in ("Save Finalize", "stage sft: 8 steps"):  # Orbax's chatter and our own INFO
+        assert info in log and info not in p.stderr, info
+    lines = [x for x in p.stderr.splitlines() if x.startswith("[sft] step ")]
+    assert [int(x.split()[2].split("/")[0]) for x in lines] == list(range(1, 9)), p.stderr[-2000:]
+    assert all("/8 " in x and "loss=" in x and "tokens_per_s=" in x and " ETA " in x for x in lines)
+    assert "\r" not in p.stderr and "\x1b[" not in p.stderr
+    assert lines[-1] in log
 
 
 def test_kill9_then_resume_is_bit_identical(assets, reference, tmp_path):
@@ -134,8 +147,8 @@ def test_corrupt_newest_checkpoint_falls_back(assets, reference, tmp_path):
                 fh.write(b"\x00garbage")
     p = _run(_args(assets, w))
     s = _summary(p)
-    assert "checkpoint 8" in p.stderr and "trying the one before" in p.stderr
-    assert "resumed from step 6" in p.stderr
+    assert "checkpoint 8" in p.stderr and "trying the one before" in p.stderr  # a warning: on the console
+    assert "resumed from step 6" in open(os.path.join(w, "logs", "train.log")).read()  # INFO: in the log
     assert s["status"] == "done"
     _assert_same(_params(w, 8), _params(reference[0], 8))
 

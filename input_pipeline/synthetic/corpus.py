@@ -25,6 +25,7 @@ import numpy as np
 
 from input_pipeline import schema
 from input_pipeline.synthetic import styles, text
+from merg_jax.core.console import Progress
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +175,18 @@ def generate_corpus(output_dir: str, num_dialogues: int, seed: int = 0, conflict
         os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
     plans = plan_corpus(num_dialogues, seed, conflict_rate, text_leak, test_chain_of_empathy)
     jobs = [(p, output_dir, seed) for p in plans]
-    if workers > 1:
-        # spawn, not fork: the caller (pytest, a trainer) may hold threads, e.g. JAX's.
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            facts = [f for fs in pool.imap(render_dialogue, jobs, chunksize=1) for f in fs]
-    else:
-        facts = [f for job in jobs for f in render_dialogue(job)]
+    facts: list[dict] = []
+    with Progress("synthetic corpus", len(jobs), every=max(1, len(jobs) // 10), unit="dialogue") as bar:
+        if workers > 1:
+            # spawn, not fork: the caller (pytest, a trainer) may hold threads, e.g. JAX's.
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for i, fs in enumerate(pool.imap(render_dialogue, jobs, chunksize=1), 1):
+                    facts += fs
+                    bar.update(i)
+        else:
+            for i, job in enumerate(jobs, 1):
+                facts += render_dialogue(job)
+                bar.update(i)
     for split in SPLITS:
         convs = [conversation_json(p) for p in plans if p.split == split]
         with open(os.path.join(output_dir, f"{split}.json"), "w", encoding="utf-8") as f:

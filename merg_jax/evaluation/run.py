@@ -45,6 +45,7 @@ def evaluate(llm, tokenizer, info: dict, *, split: str = "test", output_dir: str
     `merg_jax.systems.workdir.load_workdir` returns them (info carries the system, its model
     tree, the workdir and the step); `merg_jax.systems.jobs.evaluate_workdir` does both."""
     from input_pipeline.pipeline import make_iterator, to_global
+    from merg_jax.core.console import Progress
     from merg_jax.core.sharding import make_mesh
     from merg_jax.evaluation import distinct, emotion, report, submission
     from merg_jax.evaluation.perplexity import context_free_batch, perplexity, target_nll
@@ -59,6 +60,8 @@ def evaluate(llm, tokenizer, info: dict, *, split: str = "test", output_dir: str
     cfg = _view(system, split, with_target=False, batch_size=batch_size)
     recs = _records(cfg)
     rows, t0 = [], time.perf_counter()
+    total = min(max_examples, len(recs)) if max_examples else len(recs)
+    bar = Progress(f"generate {split}", total, every=max(batch_size, math.ceil(total / 20)), unit="example")
     for batch in make_iterator(cfg):
         ids = [str(x) for x, k in zip(batch["example_id"], batch["example_mask"]) if k]
         outs = system.predict(model, batch, tokenizer, max_new_tokens=max_new_tokens)
@@ -72,10 +75,12 @@ def evaluate(llm, tokenizer, info: dict, *, split: str = "test", output_dir: str
                          "predicted_emotion": emotion.label_of(out["predicted_emotion"]),
                          "predicted_emotion_text": out["predicted_emotion"], "gold_emotion": r.get("emotion", ""),
                          "gold_response": r.get("response", ""), "raw_output": out.get("raw", "")})
-        log.info("generated %d examples (%.0f s)", len(rows), time.perf_counter() - t0)
+        bar.update(min(len(rows), total))
         if max_examples and len(rows) >= max_examples:
             rows = rows[:max_examples]
             break
+    bar.close()
+    log.info("generated %d examples (%.0f s)", len(rows), time.perf_counter() - t0)
     gen_s = time.perf_counter() - t0
 
     responses = [r["response"] for r in rows]

@@ -8,8 +8,7 @@ machine and read by stock TensorBoard.  Aggregation uses clu.metrics.
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import numpy as np
@@ -61,7 +60,7 @@ class TensorboardWriter:
 
 
 class LoggingWriter:
-    """Scalars to the log (the console line is `Progress`'s; this is the full record)."""
+    """Scalars to the log (the console line is merg_jax.core.console.Progress's; this is the full record)."""
 
     def write_scalars(self, step, scalars):
         log.debug("step %d: %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in sorted(scalars.items())))
@@ -128,21 +127,3 @@ def llm_train_flops(num_params: int, num_layers: int, hidden: int, seq_len: int,
     """
     per_token = (4 if frozen_base else 6) * num_params + 12 * num_layers * hidden * seq_len
     return float(per_token) * tokens
-
-
-class Progress:
-    """Console line with rate and ETA every `every` steps."""
-
-    def __init__(self, total_steps: int, start_step: int):
-        self.total = total_steps
-        self.t0 = time.perf_counter()
-        self.start = start_step
-
-    def line(self, step: int, stage: str, scalars: Mapping[str, Any]) -> str:
-        elapsed = time.perf_counter() - self.t0
-        done = max(step - self.start, 1)
-        eta = elapsed / done * max(self.total - step, 0)
-        keys = ("loss", "token_accuracy", "grad_norm", "learning_rate", "tokens_per_s", "mfu")
-        parts = [f"{k}={scalars[k]:.4g}" for k in keys if k in scalars]
-        return (f"[{stage}] step {step}/{self.total} ({100 * step / max(self.total, 1):.1f}%) "
-                + " ".join(parts) + f" elapsed {elapsed:.0f}s ETA {eta:.0f}s")

@@ -26,12 +26,13 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from merg_jax.core import sharding as shd
+from merg_jax.core.console import Progress
 from merg_jax.core.io import write_json
 from merg_jax.train import checkpoint as ckpt_lib
 from merg_jax.train import data as data_lib
 from merg_jax.train import distributed, optim, partition
 from merg_jax.train.config import validate
-from merg_jax.train.metrics import Averager, Progress, make_writer, peak_flops
+from merg_jax.train.metrics import Averager, make_writer, peak_flops
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +326,8 @@ class Trainer:
         from input_pipeline.pipeline import to_global
         key0 = jax.random.key(int(c.seed))
         step_fn = evaluate = None
-        progress = Progress(run.steps, stage_step)
+        progress = Progress(run.name, run.steps, start=stage_step, every=c.log.every_steps,
+                            bar_keys=("loss", "tokens_per_s"), enabled=self.is_main)
         self._averager = Averager()
         pending = None  # (global step, stage step, metrics, analytic FLOPs) of the last dispatched step
         last: dict = {}
@@ -383,6 +385,7 @@ class Trainer:
                 self._save(step, run, stage_step)
                 if stop:
                     self.ckpt.wait()
+                    progress.close()
                     log.warning("saved step %d to %s/checkpoints; exiting on SIGTERM", step, self.workdir)
                     return "stopped", step, last
             if c.log.eval_every and stage_step % c.log.eval_every == 0 and stage_step < run.steps:
@@ -393,6 +396,7 @@ class Trainer:
         if pending is not None:
             last = finish(pending)
             self._report(run, pending[0], pending[1], last, progress, force=True)
+        progress.close()
         if c.log.eval_every or c.checkpoint.best_by_eval:
             evaluate = evaluate or self._make_eval(run)
             loss = self._eval(run, evaluate, step)
@@ -413,13 +417,14 @@ class Trainer:
 
     def _report(self, run: StageRun, step: int, stage_step: int, m: dict, progress: Progress,
                 force: bool = False) -> None:
-        every = self.config.log.every_steps
         self.writer.write_scalars(step, {f"{run.name}/{k}": v for k, v in m.items()})
         self._averager.add(m)
-        if force or (every and stage_step % every == 0):
-            shown = {**m, **self._averager.pop()}  # loss, accuracy, grad norm: mean since the last line
-            if self.is_main:
-                log.info(progress.line(stage_step, run.name, shown))
+        if force or progress.due(stage_step):
+            m = {**m, **self._averager.pop()}  # loss, accuracy, grad norm: mean since the last line
+        progress.update(stage_step, {k: m[k] for k in _SHOWN if k in m}, force=force)
+
+
+_SHOWN = ("loss", "token_accuracy", "grad_norm", "learning_rate", "tokens_per_s", "mfu")
 
 
 def _compile_count(stage: str, step_fn, n_shapes: int) -> dict:
