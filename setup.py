@@ -47,6 +47,7 @@ TEST = [
     "scikit-learn>=1.4",
     "vaderSentiment>=3.3.2",
     "bert-score>=0.3.13",  # BERTScore reference for tests/test_bertscore.py
+    "ruff>=0.6",  # .ci/run lints before testing (settings in pyproject.toml)
 ]
 
 setup(

@@ -37,9 +37,9 @@ def main() -> None:
     import torch
     import transformers
 
+    from merg_jax.convert.loading import load_pretrained
     from merg_jax.core import assets
     from merg_jax.generation import Generator, SamplingConfig
-    from merg_jax.convert.loading import load_pretrained
 
     path = args.model or assets.smollm2_gguf()
     model, tok = load_pretrained(path, dtype=args.dtype)

@@ -60,6 +60,7 @@ def _record(i: int, rng: np.random.Generator) -> dict:
 
 def write_shards(out: str, n: int, shards: int = 4) -> None:
     from array_record.python.array_record_module import ArrayRecordWriter
+
     from input_pipeline import records
     rng = np.random.default_rng(0)
     per = -(-n // shards)
@@ -128,9 +129,9 @@ def _durations(paths: list[str], kind: str) -> list[float]:
 
 
 def bench_extractor(name: str, paths: list[str], kind: str, budget_s: float) -> dict:
-    from input_pipeline.features import registry
-    import input_pipeline.features.audio  # noqa: F401  (registers extractors)
+    import input_pipeline.features.audio
     import input_pipeline.features.video  # noqa: F401
+    from input_pipeline.features import registry
     ext = registry.create(name)
     ext.extract(paths[0])  # warm-up: imports, caches, cascade load
     durs = _durations(paths, kind)
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             try:
                 r = bench_extractor(name, paths, kind, budget_s=40.0)
-            except Exception as err:  # report, do not hide: e.g. a missing Haar cascade
+            except Exception as err:  # noqa: BLE001 - report, do not hide: e.g. a missing Haar cascade
                 print(f"(b) {name}: FAILED {type(err).__name__}: {err}")
                 continue
             ratio = f"goal {goal:.0f}x -> ratio {r['x_realtime'] / goal:.2f}" if goal else "no goal set"

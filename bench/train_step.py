@@ -290,9 +290,9 @@ def main() -> None:
 
     import jax
 
+    from merg_jax.convert.loading import load_pretrained
     from merg_jax.core import assets
     from merg_jax.core import sharding as shd
-    from merg_jax.convert.loading import load_pretrained
     from merg_jax.models.layers import LoraConfig
     from merg_jax.systems.common import llm_step_flops
     from merg_jax.train.metrics import peak_flops

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import (base_config, model_defaults, pipeline_defaults, select_preset, stage,
-                            synthetic_defaults)
+from configs.common import base_config, model_defaults, pipeline_defaults, select_preset, stage, synthetic_defaults
 
 # The early-fusion paper's (MELD report) LoRA: rank 8, alpha 16, dropout 0.1, attention projections.
 EARLY_FUSION_LORA = dict(rank=8, alpha=16.0, dropout=0.1, targets=("q_proj", "k_proj", "v_proj", "o_proj"))

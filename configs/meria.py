@@ -47,8 +47,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import (base_config, model_defaults, pipeline_defaults, select_preset, stage,
-                            synthetic_defaults)
+from configs.common import base_config, model_defaults, pipeline_defaults, select_preset, stage, synthetic_defaults
 
 # The LoRA of both LLMs in every preset (formerly PAPER_LORA: rank and alpha as the MERIA
 # paper's); dropout 0.05 and the attention-projection targets are not marked as the paper's.

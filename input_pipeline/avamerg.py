@@ -177,7 +177,7 @@ def _m_coe(obj: dict, where: str, counts: collections.Counter) -> Optional[dict]
     unknown = 0
     for key, val in raw.items():
         if key in _MCOE_PARTS and isinstance(val, dict):
-            for part, sub in val.items():
+            for part in val:
                 field = f"{key}_{part}"
                 if field in out:
                     out[field] = out[field] or _text(val, part, f"{w}.{key}", required=False,

@@ -50,9 +50,9 @@ import numpy as np
 
 from input_pipeline import extract_io, records, schema
 from input_pipeline.features import registry
+from input_pipeline.media_workers import extract_media, make_extractor
 from merg_jax.core.console import Progress
 from merg_jax.core.io import write_json
-from input_pipeline.media_workers import extract_media, make_extractor  # noqa: F401 (API)
 
 log = logging.getLogger(__name__)
 

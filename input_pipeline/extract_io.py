@@ -142,7 +142,7 @@ def shard_record_count(path: str) -> int:
         n = reader.num_records()
         reader.close()
         return int(n)
-    except Exception:  # truncated or foreign file: it gets rewritten
+    except Exception:  # noqa: BLE001 - truncated or foreign file: it gets rewritten
         return -1
 
 

@@ -201,7 +201,7 @@ def read_meld(data_dir: str, splits: Optional[Iterable[str]] = None,
         for row in _read_rows(path, c, rejections):
             dialogues[row["Dialogue_ID"]].append(row)
 
-        def clip(row: dict) -> Optional[str]:
+        def clip(row: dict, split=split, c=c) -> Optional[str]:
             p = clips.get((split, row["Dialogue_ID"], row["Utterance_ID"]))
             p = p or clips.get((None, row["Dialogue_ID"], row["Utterance_ID"]))
             if p is not None and os.path.getsize(p) == 0:

@@ -57,7 +57,7 @@ import logging
 import math
 import os
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import grain
 import jax

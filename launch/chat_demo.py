@@ -19,9 +19,9 @@ MESSAGES = [
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    from merg_jax.convert.loading import load_pretrained
     from merg_jax.core import assets
     from merg_jax.generation import Generator, SamplingConfig
-    from merg_jax.convert.loading import load_pretrained
 
     t0 = time.perf_counter()
     model, tokenizer = load_pretrained(assets.smollm2_gguf())

@@ -22,9 +22,9 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from merg_jax.convert.hf import build_model, hf_state_dict  # noqa: E402
+from merg_jax.core.sharding import batch_sharding, constrain, make_mesh, shard_model  # noqa: E402
 from merg_jax.models.layers import LoraConfig, LoRAParam  # noqa: E402
 from merg_jax.models.llama import CausalLM, LlamaConfig  # noqa: E402
-from merg_jax.core.sharding import batch_sharding, constrain, make_mesh, shard_model  # noqa: E402
 
 CFG = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                   num_kv_heads=2, qkv_bias=True, model_type="qwen2")

@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 
 from merg_jax.convert.hf import load_hf, save_hf
-from merg_jax.core.weights import SafetensorsFile, save_file
 from merg_jax.convert.loading import load_pretrained
+from merg_jax.core.weights import SafetensorsFile, save_file
 from merg_jax.models.llama import CausalLM, LlamaConfig
 
 CFG = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_layers=2, num_heads=2, num_kv_heads=1)

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

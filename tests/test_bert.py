@@ -15,9 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-from safetensors.torch import load_file, save_file  # noqa: E402
-
 import jax.numpy as jnp  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 from input_pipeline.features import registry  # noqa: E402
 from input_pipeline.features import text as text_features  # noqa: E402,F401  (registers)

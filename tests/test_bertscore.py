@@ -9,8 +9,8 @@ import shutil
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local path must never turn into a download
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -10,6 +10,7 @@ from flax import nnx
 from merg_jax.models.layers import LoraConfig
 from merg_jax.models.llama import CausalLM, LlamaConfig
 from merg_jax.systems.early_fusion import AUDIO_VIDEO, EarlyFusionModel, soft_embeds
+
 from train_fixtures import write_tiny_llama, write_toy_data
 
 DA, DV, F, K, E, L, U = 5, 3, 6, 2, 8, 10, 3

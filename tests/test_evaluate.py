@@ -14,11 +14,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    import importlib.util
+
     from ml_collections import config_flags  # noqa: F401  (config files import it)
 
     from merg_jax.core.assets import smollm2_gguf
     from merg_jax.systems.jobs import make_trainer
-    import importlib.util
     root = tmp_path_factory.mktemp("eval")
     spec = importlib.util.spec_from_file_location("tb_cfg", os.path.join(REPO, "configs", "text_baseline.py"))
     mod = importlib.util.module_from_spec(spec)
@@ -37,8 +38,8 @@ def run(tmp_path_factory):
 
 def test_evaluate_writes_consistent_outputs(run, tmp_path, monkeypatch):
     from merg_jax.evaluation import distinct, emotion
-    from merg_jax.systems.jobs import evaluate_workdir as evaluate
     from merg_jax.systems import common
+    from merg_jax.systems.jobs import evaluate_workdir as evaluate
     real_split, calls = common.split_emotion_response, []
 
     def every_other_labelled(text):  # the tiny model never writes an "Emotion:" line itself

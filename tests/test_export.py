@@ -16,6 +16,7 @@ from merg_jax.convert import lora as L
 from merg_jax.convert.hf import load_hf, save_hf
 from merg_jax.core.weights import SafetensorsFile, TensorDirectory
 from merg_jax.models.layers import LoraConfig
+
 from tiny_hf import hf_logits, make_hf, randomize_lora, save_hf_model
 
 torch = pytest.importorskip("torch")
@@ -149,8 +150,8 @@ def test_cli_adapter_only_without_lora_fails(llama_dir, tmp_path):
 
 def test_smollm2_gguf_export_matches_transformers(tmp_path):
     """Real checkpoint: our GGUF import, exported, equals transformers' own GGUF import."""
-    from merg_jax.core.assets import smollm2_gguf
     from merg_jax.convert.loading import load_pretrained
+    from merg_jax.core.assets import smollm2_gguf
 
     try:
         path = smollm2_gguf()

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from input_pipeline.features import audio, media_fixtures as mf, registry, video
+from input_pipeline.features import audio, registry, video
+from input_pipeline.features import media_fixtures as mf
 
 SR = 16000
 

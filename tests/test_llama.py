@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from merg_jax.convert.hf import load_hf
+
 from tiny_hf import hf_logits, left_padded_batch, make_hf, masked_max_diff, save_hf_model
 
 pytest.importorskip("torch")

@@ -14,6 +14,7 @@ from flax import nnx
 from merg_jax.convert import lora as L
 from merg_jax.convert.hf import load_hf
 from merg_jax.models.layers import LoraConfig, LoRAParam
+
 from tiny_hf import hf_logits, make_hf, randomize_lora, save_hf_model
 
 torch = pytest.importorskip("torch")

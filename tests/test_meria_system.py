@@ -135,8 +135,7 @@ def test_param_paths_and_patterns(built):
 def test_soft_tokens_land_at_slot_positions(built):
     """Every slot of the mcoe prompt gets projector[signal][k] of its dialogue; nothing else moves."""
     from input_pipeline import prompts
-    from merg_jax.models import fusion
-    from merg_jax.models import meria
+    from merg_jax.models import fusion, meria
     config, _, model = built
     batch = _batch(config, "mcoe")
     b = _dev(batch)
@@ -218,8 +217,8 @@ def _changed(a, b) -> set[str]:
 def test_three_stages_train_only_their_params(assets, tmp_path):
     from flax import nnx
 
-    from merg_jax.train import partition
     from merg_jax.systems.jobs import make_trainer
+    from merg_jax.train import partition
     config = _config(assets, response_mcoe="generated")
     # the initial union params (same seed -> same init)
     _, model0, _ = _built(_config(assets, response_mcoe="generated"))

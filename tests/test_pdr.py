@@ -10,10 +10,20 @@ import optax
 import pytest
 from flax import nnx
 
-from merg_jax.models import fusion as F
-from merg_jax.models.pdr import (MODALITIES, PDR, Latent, PDRConfig, PDROutput, batch_hard_triplet,
-                                 kl_standard_normal, masked_cross_entropy, pdr_losses, reparameterize)
 from merg_jax.core.sharding import LOGICAL_RULES
+from merg_jax.models import fusion as F
+from merg_jax.models.pdr import (
+    MODALITIES,
+    PDR,
+    Latent,
+    PDRConfig,
+    PDROutput,
+    batch_hard_triplet,
+    kl_standard_normal,
+    masked_cross_entropy,
+    pdr_losses,
+    reparameterize,
+)
 
 TINY = dict(feature_dims={"audio": 6, "video": 5, "text": 7}, latent_dim=3, hidden_dim=8,
             num_hidden_layers=1, profile_classes={"age": 3, "gender": 2})
@@ -137,7 +147,7 @@ def test_masked_cross_entropy_by_hand():
 
 
 def test_ugf_equations_by_hand():
-    lv = lambda *v: [list(v), list(v)]  # noqa: E731  same log σ² on both rows
+    lv = lambda *v: [list(v), list(v)]
     lat = {"audio": {"S": _lat([[1, 0], [1, 0]]), "P": _lat([[0, 0]] * 2, lv(0.0, 0.0)),
                      "I": _lat([[1, 2], [1, 2]])},
            "video": {"S": _lat([[0, 1], [0, 1]]), "P": _lat([[5, 5]] * 2, lv(math.log(.5), math.log(.5))),

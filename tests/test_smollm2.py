@@ -13,9 +13,9 @@ import pytest
 import torch
 import transformers
 
+from merg_jax.convert.loading import load_pretrained
 from merg_jax.core import assets
 from merg_jax.generation import Generator, SamplingConfig, sample_logits
-from merg_jax.convert.loading import load_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["I failed my driving test today.",
@@ -113,7 +113,7 @@ def test_stop_strings_and_seeds(smol):
     cut = gen.generate(PROMPTS[:1], SamplingConfig(max_new_tokens=48, stop_strings=(".",)), chat=True)
     assert "." in greedy.texts[0]
     assert cut.texts[0] == greedy.texts[0][: greedy.texts[0].index(".")]
-    sample = lambda seed: gen.generate(PROMPTS[:1], SamplingConfig(  # noqa: E731
+    sample = lambda seed: gen.generate(PROMPTS[:1], SamplingConfig(
         max_new_tokens=24, temperature=1.0, top_p=0.95, seed=seed), chat=True).tokens[0]
     assert sample(3) == sample(3)
     assert sample(3) != sample(4)
@@ -125,7 +125,7 @@ def test_stop_strings_and_seeds(smol):
 def test_sample_logits_filters():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
     keys = jax.random.split(jax.random.PRNGKey(0), 400)
-    draw = lambda **kw: np.array([int(sample_logits(logits, k, 1.0, **kw)[0]) for k in keys[:200]])  # noqa: E731
+    draw = lambda **kw: np.array([int(sample_logits(logits, k, 1.0, **kw)[0]) for k in keys[:200]])
     assert set(draw(top_k=2, top_p=1.0)) == {0, 1}
     # mass above token 1 is 0.5 < 0.6 -> kept; above token 2 is 0.8 -> dropped
     assert set(draw(top_k=0, top_p=0.6)) == {0, 1}

@@ -213,7 +213,7 @@ def test_sharded_and_multihost_steps_match_single_device(assets, tmp_path):
                                        MERG_PROCESS_ID=str(i)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=400) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     multi = json.loads(outs[0][0][outs[0][0].index("{"):])
     # Same examples, but each process pads and places its own half: the cross-device sums

@@ -99,8 +99,8 @@ def run(tmp_path_factory):
 
 def test_load_model_gives_the_trained_lora(run):
     from merg_jax.convert import lora
-    from merg_jax.systems.workdir import load_model
     from merg_jax.core.tokenizer import load_tokenizer
+    from merg_jax.systems.workdir import load_model
 
     llm, tok = load_model(run.workdir)
     got = _lora(llm, "llm/")
@@ -114,8 +114,7 @@ def test_load_model_gives_the_trained_lora(run):
 
 def test_merged_export_reloads_with_the_same_logits(run, tmp_path):
     from merg_jax.convert.hf import save_hf
-    from merg_jax.systems.workdir import load_model
-    from merg_jax.systems.workdir import load_workdir
+    from merg_jax.systems.workdir import load_model, load_workdir
 
     llm, tok, info = load_workdir(run.workdir)
     assert info["step"] == STEPS and info["base_path"] == run.base and info["stage"] == "done"
@@ -177,14 +176,13 @@ def test_step_best_and_fallback(run, tmp_path, caplog):
     assert any(f"checkpoint {STEPS}" in r.getMessage() and "trying the one before" in r.getMessage()
                for r in caplog.records)
     _same(_lora(llm, "llm/"), _saved(run.workdir, EVERY))
-    with pytest.raises(Exception):  # an explicit step never falls back
+    with pytest.raises(Exception):  # noqa: B017 - an explicit step never falls back, whatever Orbax raises
         load_workdir(w, step=STEPS, with_tokenizer=False)
 
 
 def test_errors(run, tmp_path):
-    from merg_jax.systems.workdir import load_model
     from merg_jax.models.layers import LoraConfig
-    from merg_jax.systems.workdir import load_workdir
+    from merg_jax.systems.workdir import load_model, load_workdir
 
     with pytest.raises(ValueError, match="defines its own adapters"):
         load_model(run.workdir, lora=LoraConfig(rank=4, alpha=8.0))

@@ -35,7 +35,7 @@ def _load_mono(path: str, sr: int) -> np.ndarray:
     import soundfile as sf
     try:
         data, native_sr = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as sf_err:  # not a soundfile format: try a container decoder
+    except Exception as sf_err:  # noqa: BLE001 - not a soundfile format: try a container decoder
         data, native_sr = _load_with_av(path, sf_err)
     if data.size == 0:
         raise MediaError(path, "empty audio (0 samples)")

@@ -11,8 +11,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from input_pipeline.schema import MODALITIES
-
 
 class MediaError(Exception):
     """An input that cannot be used (corrupt, silent, no face, empty ...)."""

@@ -126,6 +126,7 @@ def render_dialogue(job: tuple[DialoguePlan, str, int]) -> list[dict]:
     """Writes the wav and mp4 of every utterance of one dialogue; returns per-utterance facts."""
     import cv2  # imported here so that spawned workers stay single-threaded
     import soundfile as sf
+
     from input_pipeline.synthetic import face, voice
 
     cv2.setNumThreads(1)

@@ -66,7 +66,7 @@ def _textures() -> tuple[np.ndarray, np.ndarray]:
         cv2.ellipse(eye_mask, _pt(*e), _pt(*_EYE_HALF), 0, 0, 360, 255, -1)
     eyeless = cv2.inpaint(plain, eye_mask, 6, cv2.INPAINT_TELEA)
     ref = float(np.median(np.concatenate([plain[y - 6:y + 6, x - 6:x + 6].ravel() for x, y in _CHEEKS])))
-    blur = lambda im: cv2.GaussianBlur(im.astype(np.float32) / ref, (0, 0), 0.8)  # noqa: E731 (anti-alias)
+    blur = lambda im: cv2.GaussianBlur(im.astype(np.float32) / ref, (0, 0), 0.8)
     return blur(plain), blur(eyeless)
 
 

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from merg_jax.core.sharding import named_sharding
 from merg_jax.core.weights import TensorDirectory, save_file
 from merg_jax.models.layers import LoraConfig, LoRAParam
 from merg_jax.models.llama import CausalLM, LlamaConfig
-from merg_jax.core.sharding import named_sharding
 
 log = logging.getLogger(__name__)
 _LEAF_SUFFIX = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
@@ -86,7 +86,7 @@ def build_model(cfg: LlamaConfig, tensors: Mapping[str, np.ndarray], *, lora: Lo
                 mesh: jax.sharding.Mesh | None = None, seed: int = 0,
                 where: Callable[[str], str] = lambda name: "the checkpoint") -> CausalLM:
     """Creates a CausalLM whose base weights come from HF-named `tensors`."""
-    make = lambda: CausalLM(cfg, lora=lora, rngs=nnx.Rngs(seed))  # noqa: E731
+    make = lambda: CausalLM(cfg, lora=lora, rngs=nnx.Rngs(seed))
     graphdef, abstract = nnx.split(nnx.eval_shape(make))
     lora_state = None
     if lora is not None:
@@ -114,7 +114,7 @@ def load_hf(directory: str, *, lora: LoraConfig | None = None, mesh=None, **over
     """Loads an HF directory (config.json + safetensors, single or sharded)."""
     cfg = LlamaConfig.from_hf(read_config(directory), **overrides)
     tensors = TensorDirectory(directory)
-    where = lambda name: tensors.file_of(name) if name in tensors else ", ".join(tensors.files)  # noqa: E731
+    where = lambda name: tensors.file_of(name) if name in tensors else ", ".join(tensors.files)
     log.info("loading %s (%s, %d layers) from %s", cfg.model_type, cfg.param_dtype, cfg.num_layers, directory)
     return build_model(cfg, tensors, lora=lora, mesh=mesh, where=where)
 

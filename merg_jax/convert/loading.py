@@ -9,9 +9,9 @@ import logging
 import os
 
 from merg_jax.convert import hf as hf_convert
+from merg_jax.core.tokenizer import load_tokenizer
 from merg_jax.models.layers import LoraConfig
 from merg_jax.models.llama import CausalLM, LlamaConfig
-from merg_jax.core.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -108,7 +108,7 @@ def apply_lora(model: CausalLM, lora: LoraConfig, seed: int = 0) -> CausalLM:
     if has_lora(model):
         raise ValueError("model already has LoRA adapters; apply_lora needs a model without them")
     cfg = model.config
-    make = lambda: CausalLM(cfg, lora=lora, rngs=nnx.Rngs(seed))  # noqa: E731
+    make = lambda: CausalLM(cfg, lora=lora, rngs=nnx.Rngs(seed))
     graphdef, abstract = nnx.split(nnx.eval_shape(make))
     fresh = dict(nnx.to_flat_state(jax.jit(lambda: nnx.state(make(), LoRAParam))()))
     old = dict(nnx.to_flat_state(nnx.state(model)))

@@ -46,7 +46,7 @@ class _ConsoleHandler(logging.StreamHandler):
         try:
             from tqdm import tqdm
             tqdm.write(self.format(record), file=self.stream)
-        except Exception:  # logging must never raise into the caller
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)
 
 

@@ -63,7 +63,7 @@ def collect(system, model, cfg, max_rows: int = 0) -> dict[str, Any]:
             break
     if not labels:
         raise ValueError(f"no rows in {cfg.data_dir} split {cfg.split}")
-    cat = lambda xs: np.concatenate(xs)[:max_rows or None]  # noqa: E731
+    cat = lambda xs: np.concatenate(xs)[:max_rows or None]
     return {"mu": {k: cat(v) for k, v in mu.items()}, "fused": cat(fused),
             "present": {m: cat(v) for m, v in present.items()}, "label": cat(labels)}
 

@@ -7,7 +7,6 @@ free-text emotion per conversation.
 from __future__ import annotations
 
 import json
-import os
 from collections import OrderedDict
 from typing import Any, Iterable, Mapping, Sequence
 

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from merg_jax.core.weights import TensorDirectory
 from merg_jax.core.sharding import constrain
+from merg_jax.core.weights import TensorDirectory
 
 log = logging.getLogger(__name__)
 

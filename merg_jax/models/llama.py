@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from merg_jax.models.layers import Embed, Linear, LoraConfig, RMSNorm
 from merg_jax.core.sharding import constrain
+from merg_jax.models.layers import Embed, Linear, LoraConfig, RMSNorm
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 REMAT_POLICIES = ("none", "full", "dots")

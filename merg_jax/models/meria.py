@@ -84,7 +84,7 @@ def soft_table(model: MeriaModel, batch: dict, *, max_utterances: int, use_ugf: 
     u = max_utterances
     p = max(1, rows // u)
     row_mask = masks["audio"] | masks["video"] | masks["text"]
-    seg = lambda x: x.reshape(b, p, rows // p, *x.shape[2:])  # noqa: E731
+    seg = lambda x: x.reshape(b, p, rows // p, *x.shape[2:])
     pooled = fusion_lib.pool_fusion(fusion_lib.FusionOutput(*(seg(f) for f in fused)), seg(row_mask))
     per = model.projectors(pooled)  # signal -> [B, P, K, E]
     return jnp.stack([per[s] for s in fusion_lib.SIGNALS], axis=2)

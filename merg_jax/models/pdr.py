@@ -186,7 +186,7 @@ class PDR(nnx.Module):
                 raise ValueError(f"features[{m!r}] has last dim {features[m].shape[-1]}, the config says "
                                  f"{self.cfg.feature_dims[m]}: fix PDRConfig.feature_dims")
         slot = itertools.count()
-        next_key = lambda: None if deterministic else jax.random.fold_in(key, next(slot))  # noqa: E731
+        next_key = lambda: None if deterministic else jax.random.fold_in(key, next(slot))
         latents, recon, logits = {}, {}, {}
         for m in MODALITIES:
             latents[m] = {k: self.encoders[f"{m}_{k}"](features[m], next_key(), deterministic)

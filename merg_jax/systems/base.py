@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -127,8 +125,8 @@ def build_llm(c: ml_collections.ConfigDict, mesh, seed: int):
 
 def _random_init(cfg, lora, mesh, seed):
     """Random weights created directly in their shards (no host copy of a large model)."""
-    from merg_jax.models.llama import CausalLM
     from merg_jax.core.sharding import state_shardings
+    from merg_jax.models.llama import CausalLM
 
     abstract = nnx.eval_shape(lambda: CausalLM(cfg, lora=lora, rngs=nnx.Rngs(seed)))
     shardings = state_shardings(nnx.state(abstract), mesh)

@@ -4,11 +4,10 @@ from __future__ import annotations
 import copy
 import itertools
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from configs.common import pipeline_defaults

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx

@@ -53,7 +53,7 @@ class SoftPromptDecoder:
             m = nnx.merge(graphdef, state)
             return meria_model.soft_embeds(m, getattr(m, llm_name), batch, max_utterances=max_utterances,
                                            use_ugf=use_ugf)
-        self._embeds = lambda batch: embeds(state, batch)  # noqa: E731 - closes over the split state
+        self._embeds = lambda batch: embeds(state, batch)
 
     def decode(self, batch: dict, max_new_tokens: int) -> list[str]:
         """One text per row of `batch` (padding rows included), EOS cut, whitespace stripped."""

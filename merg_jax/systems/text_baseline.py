@@ -6,8 +6,6 @@ emotion accuracy should stay near chance.
 """
 from __future__ import annotations
 
-import jax
-import ml_collections
 from flax import nnx
 
 from merg_jax.systems import common

@@ -186,7 +186,7 @@ def restore_newest(mngr: ocp.CheckpointManager, restore: Callable[[int, dict], A
     for step in steps:
         try:
             meta = read_meta(mngr, step)
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
+        except Exception as e:
             if exact:
                 raise
             log.warning("checkpoint %d in %s has no readable meta (%s: %s); trying the one before",
@@ -199,7 +199,7 @@ def restore_newest(mngr: ocp.CheckpointManager, restore: Callable[[int, dict], A
                 out = restore(step, meta)
         except BaseMismatch:
             raise
-        except Exception as e:  # noqa: BLE001 - a partial or incompatible checkpoint: the one before
+        except Exception as e:
             if exact:
                 raise
             log.warning("checkpoint %d in %s could not be restored (%s: %s); trying the one before",

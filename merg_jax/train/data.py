@@ -7,7 +7,6 @@ work already done, so a restarted run does not redo them).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os

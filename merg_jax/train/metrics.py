@@ -98,7 +98,7 @@ def make_writer(logdir: str, *, enabled: bool = True) -> MultiWriter:
 class Averager:
     """Means of per-step scalars between two console lines, with clu.metrics.Average."""
 
-    AVERAGED = ("loss", "token_accuracy", "grad_norm")
+    AVERAGED = ("loss", "token_accuracy", "profile_accuracy", "grad_norm")
 
     def __init__(self):
         self._acc: dict[str, clu_metrics.Average] = {}

@@ -11,11 +11,8 @@ import re
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
-
-from merg_jax.train.partition import path_str
 
 
 def schedule(opt: ml_collections.ConfigDict, total_steps: int, lr: float) -> optax.Schedule:

@@ -218,7 +218,7 @@ class Trainer:
             updates, new_opt = run.tx.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
             metrics = {k: v for k, v in aux.items() if k != "nll_sum"}
             metrics.update(loss=loss, grad_norm=gnorm, learning_rate=run.sched(stage_step), ok=ok,
                            seen_tokens=b["attention_mask"].sum() if "attention_mask" in b else jnp.zeros(()))
@@ -334,7 +334,6 @@ class Trainer:
         flops_by_shape: dict[tuple, float] = {}  # one per sequence bucket
         peak = peak_flops(jax.devices()[0], c.log.peak_flops)
         t_last = time.perf_counter()
-        best_eval = None
 
         def finish(prev) -> dict:
             nonlocal t_last
@@ -424,7 +423,7 @@ class Trainer:
         progress.update(stage_step, {k: m[k] for k in _SHOWN if k in m}, force=force)
 
 
-_SHOWN = ("loss", "token_accuracy", "grad_norm", "learning_rate", "tokens_per_s", "mfu")
+_SHOWN = ("loss", "token_accuracy", "profile_accuracy", "grad_norm", "learning_rate", "tokens_per_s", "mfu")
 
 
 def _compile_count(stage: str, step_fn, n_shapes: int) -> dict:
