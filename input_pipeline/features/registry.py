@@ -11,6 +11,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from input_pipeline.schema import MODALITIES
+
+__all__ = ["MODALITIES"]  # registry users read the modality names here
+
 
 class MediaError(Exception):
     """An input that cannot be used (corrupt, silent, no face, empty ...)."""
