@@ -76,7 +76,7 @@ def test_avamerg_split_sizes_match_reader(ava):
     meta = info.metadata
     assert meta["reader"]["counts"]["train"]["examples"] == info.splits["train"].num_examples
     assert meta["extractors"]["video"]["settings"]["num_frames"] == 4
-    manifest_dims = pipeline.feature_dims(None, ava["shards"])
+    manifest_dims = pipeline.feature_dims(ava["shards"])
     assert dict(meta["feature_dims"]) == manifest_dims
 
 
