@@ -128,6 +128,10 @@ def pipeline_defaults() -> ml_collections.ConfigDict:
     c.soft_tokens_per_slot = 1  # K soft tokens per (utterance, modality) slot
     c.soft_modalities = ml_collections.config_dict.placeholder(tuple)  # None = template's
     c.include_target = True  # False: prompt only (generation)
+    # train | inference: an inference prompt never shows a gold field (its $mcoe chain is the
+    # record's generated one, "" when missing); evaluation views are inference
+    c.prompt_mode = "train"
+    c.chain_source = "gold"  # train mode, templates with $mcoe: gold (annotated M-CoE) | generated
     c.feature_dims = ml_collections.config_dict.placeholder(dict)  # None = read from data
     c.shuffle = True
     c.seed = 0

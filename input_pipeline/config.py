@@ -55,6 +55,10 @@ def validate(c: ml_collections.ConfigDict, process_count: int, *, have_source: b
             bad(f"soft_modalities has unknown {sorted(unknown)}; use {sorted(prompts.MODALITY_IDS)}")
     if c.system_prompt and not c.chat_template:
         bad("system_prompt is only used with chat_template=True; set chat_template or drop it")
+    if c.get("prompt_mode", "train") not in prompts.PROMPT_MODES:
+        bad(f"prompt_mode={c.prompt_mode!r}; use one of {prompts.PROMPT_MODES}")
+    if c.get("chain_source", "gold") not in prompts.CHAIN_SOURCES:
+        bad(f"chain_source={c.chain_source!r}; use one of {prompts.CHAIN_SOURCES}")
     if c.packing and not c.include_target:
         bad("packing is for training; set packing=False when include_target=False")
     if c.tokenizer_path and not os.path.exists(c.tokenizer_path):

@@ -399,7 +399,8 @@ def make_dataset(config: ml_collections.ConfigDict, *, source: Any = None,
         soft_tokens_per_slot=config.soft_tokens_per_slot,
         soft_modalities=tuple(config.soft_modalities) if config.soft_modalities else None,
         chat_template=config.chat_template, system_prompt=config.system_prompt,
-        placeholder_token=config.placeholder_token, include_target=config.include_target)
+        placeholder_token=config.placeholder_token, include_target=config.include_target,
+        mode=config.get("prompt_mode", "train"), chain_source=config.get("chain_source", "gold"))
     pad_id = builder.ids["pad"]  # also checks the placeholder token early
 
     ds = grain.MapDataset.source(source)

@@ -13,6 +13,12 @@ the data can never create a slot): `$name` / `${name}` fields, `<Aud>`, `<Vid>`,
 `<Txt>`, `<AV>` one soft slot of that modality for the current utterance, and
 `<Prefix>` the template's prefix slots (per utterance, or dialogue-level: one
 slot per listed signal, e.g. MERIA's five PDR/UGF signals).
+
+Gold never reaches an inference prompt: `$mcoe` (the chain of empathy a Response LLM
+reads) is the record's `generated_mcoe` in mode "inference", or when training on
+generated chains (`chain_source="generated"`); a missing or empty generation renders as
+"" there (`BuiltPrompt.chain_empty` says so), never as the gold annotation.  Only mode
+"train" with `chain_source="gold"` renders the annotated M-CoE (the gold-chain ablation).
 """
 from __future__ import annotations
 
@@ -261,8 +267,8 @@ def record_values(record: dict) -> dict[str, str]:
     coe = record.get("chain_of_empathy") or {}
     mcoe = record.get("m_coe") or {}
     vals = {k: str(v) for k, v in mcoe.items() if isinstance(v, (str, int, float))}
-    vals.update({k: str(coe.get(k, "") or "") for k in
-                 ("event_scenario", "emotion_cause", "goal_to_response")})
+    for k in ("event_scenario", "emotion_cause", "goal_to_response"):  # the CoE's, else the M-CoE's own
+        vals[k] = str(coe.get(k) or vals.get(k) or "")
     vals["speaker_emotion"] = str(coe.get("speaker_emotion") or record.get("emotion", ""))
     vals.update(response=record.get("response", ""), emotion=record.get("emotion", ""),
                 emotion_coarse=record.get("emotion_coarse", ""))
@@ -290,6 +296,11 @@ class BuiltPrompt:
     truncated_utterances: int
     truncated_tokens: int
     target_text: str
+    chain_empty: bool = False  # the template reads $mcoe and its (generated) chain was empty
+
+
+PROMPT_MODES = ("train", "inference")
+CHAIN_SOURCES = ("gold", "generated")
 
 
 class PromptBuilder:
@@ -299,7 +310,14 @@ class PromptBuilder:
                  max_length: int, max_utterances: int, soft_tokens_per_slot: int = 1,
                  soft_modalities: Sequence[str] | None = None, chat_template: bool = False,
                  system_prompt: str | None = None, placeholder_token: str = "",
-                 include_target: bool = True):
+                 include_target: bool = True, mode: str = "train", chain_source: str = "gold"):
+        if mode not in PROMPT_MODES:
+            raise ValueError(f"prompt mode {mode!r}; use one of {PROMPT_MODES}")
+        if chain_source not in CHAIN_SOURCES:
+            raise ValueError(f"chain_source {chain_source!r}; use one of {CHAIN_SOURCES}")
+        self.mode = mode
+        # inference never sees gold: whatever the training source was, the chain is generated
+        self.chain_source = "generated" if mode == "inference" else chain_source
         self.template = TEMPLATES[template] if isinstance(template, str) else template
         self.tokenizer_path = tokenizer_path
         self.max_length = max_length
@@ -408,15 +426,25 @@ class PromptBuilder:
                     pieces += self._slots(t.prefix, -1)
             elif kind == "field" and val == "history":
                 pieces += lines
+            elif kind == "field" and val == "mcoe":
+                pieces.append(_Piece(text=self.chain_text(record)))
             elif kind == "field":
-                value = {"next_speaker": _next_speaker(record),
-                         "mcoe": record.get("generated_mcoe") or
-                         render_target(TEMPLATES["mcoe"], record)}.get(val, "")
+                value = _next_speaker(record) if val == "next_speaker" else ""
                 pieces.append(_Piece(text=value))
             else:
                 pieces.append(_Piece(text=val, const=True))
         pieces.append(_Piece(text=after, const=True))
         return [p for p in pieces if p.modality or p.text]
+
+    def chain_text(self, record: dict) -> str:
+        """What `$mcoe` renders as: the gold M-CoE only in train mode with chain_source "gold";
+        otherwise the record's generated chain, "" when it has none."""
+        if self.chain_source == "gold":
+            return render_target(TEMPLATES["mcoe"], record)
+        return str(record.get("generated_mcoe") or "").strip()
+
+    def reads_chain(self) -> bool:
+        return any(k == "field" and v == "mcoe" for k, v in _parse(self.template.prompt))
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         todo = [s for s in texts if s not in self._cache]
@@ -490,5 +518,6 @@ class PromptBuilder:
             soft_positions=slot_arr[:, 0].copy(), soft_utterance=slot_arr[:, 1].copy(),
             soft_modality=slot_arr[:, 2].copy(), soft_index=slot_arr[:, 3].copy(),
             prompt_length=prompt_len, kept_utterances=kept, truncated_utterances=dropped,
-            truncated_tokens=trunc_tokens, target_text=target_text)
+            truncated_tokens=trunc_tokens, target_text=target_text,
+            chain_empty=self.reads_chain() and not self.chain_text(record))
 
