@@ -37,8 +37,9 @@ VARIANTS = {  # name -> (config, extra train flags)
     "conflict/meria_wo_mcoe": ("configs/meria.py:signal", CONFLICT + ["--config.use_mcoe=False"]),
     "conflict/text_baseline": ("configs/text_baseline.py:smoke", CONFLICT + ["--config.stages.sft.steps=60"]),
 }
-COLUMNS = ("emotion_acc_coarse", "emotion_acc_fine", "emotion_unparseable", "dist_1_corpus", "dist_2_corpus",
-           "ppl_context", "probe_shared_fused", "probe_shared_audio", "probe_shared_video", "probe_shared_text",
+COLUMNS = ("emotion_acc_coarse", "emotion_acc_fine", "emotion_acc_exact_coarse", "emotion_unparseable",
+           "chains_empty", "dist_1_corpus", "dist_2_corpus", "ppl_response", "probe_shared_fused",
+           "probe_shared_audio", "probe_shared_video", "probe_shared_text",
            "probe_private_audio", "probe_private_video")
 
 

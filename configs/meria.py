@@ -6,9 +6,10 @@ Stages (one module tree; each stage trains a subset selected by path regexes):
   pdr       PDR alone on the extracted features (eq. 1-5, `pdr_losses`)
   mcoe      PDR frozen; soft-prompt projectors + M-CoE LLM LoRA, LM loss on the `mcoe`
             template (five dialogue-level signal slots, K = data.soft_tokens_per_slot each)
-  response  Response LLM LoRA on `mcoe_response`, whose chain of empathy is the gold
-            rendering (response_mcoe="gold") or the M-CoE LLM's greedy output written by
-            the stage's prepare step (response_mcoe="generated")
+  response  Response LLM LoRA on `mcoe_response`, whose chain of empathy is the M-CoE
+            LLM's greedy output written by the stage's prepare step (response_mcoe=
+            "generated", the paper's stage 3, the default) or the gold rendering
+            (response_mcoe="gold", an ablation; the smoke preset's shortcut)
 
 Ablations (resolved by `merg_jax.systems.meria.resolve_stages` at start-up, so command
 line overrides work):
@@ -21,9 +22,10 @@ line overrides work):
 
 Presets:
   smoke        SmolLM2-135M-Instruct (model path "") for both LLMs on the synthetic corpus
-               (~200 dialogues); all three stages + evaluation sized for 2 CPU cores
-  signal       smoke trained longer (PDR 600, M-CoE 150, Response 60 steps): the
-               learning-signal measurements of the README
+               (~200 dialogues); all three stages + evaluation sized for 2 CPU cores; its
+               stage 3 trains on GOLD chains (off-paper, to stay in its time budget)
+  signal       smoke trained longer (PDR 600, M-CoE 150, Response 60 steps), stage 3 on
+               generated chains: the learning-signal measurements of the README
   qwen3_0p6b   Qwen3-0.6B, LoRA r 16, alpha 32, lr 2e-4, 4 epochs per LLM stage
   qwen3_8b     Qwen3-8B, same
   qwen3_32b    Qwen3-32B (the paper's backbone), same
@@ -37,6 +39,7 @@ Blocks (the shared ones are documented field by field in configs/common.py):
   pdr          PDR sizes and loss weights (pdr_defaults below)
   projector    soft-prompt projectors: hidden_dim
   use_pdr, use_ugf, use_mcoe, response_mcoe   ablations and stage 3's chain of empathy
+  fusion       agreement_temperature: our agreement-weighted pooling over utterances (off)
   generation   greedy M-CoE generation before the response stage (generation_defaults below)
   data         the input pipeline (common.pipeline_defaults) + data.synthetic
                (common.synthetic_defaults); stages override it per stage through stage.data
@@ -97,7 +100,14 @@ def _common() -> ml_collections.ConfigDict:
     c.use_pdr = True  # False: no PDR, a linear adapter instead (see the module docstring)
     c.use_ugf = True  # False: the paper's "w/o UGF" ablation
     c.use_mcoe = True  # False: the paper's "w/o M-CoE" ablation
-    c.response_mcoe = "gold"  # gold (ours) | generated (M-CoE LLM output, the paper's stage 3)
+    # OURS, off by default (0 = the paper: utterance signals averaged over the dialogue): > 0
+    # weighs each utterance by softmax(-τ (1 - cos(μ_S^A, μ_S^V))) when pooling, so clips whose
+    # voice and face disagree count less (merg_jax.models.fusion.agreement_row_weights;
+    # measured by bench/ugf_conflict.py)
+    c.fusion = ml_collections.ConfigDict(dict(agreement_temperature=0.0))
+    # generated: the Response LLM trains on the chains the trained M-CoE LLM writes (the paper's
+    # stage 3); gold: on the annotated chains (our ablation; inference never shows gold either way)
+    c.response_mcoe = "generated"
     c.generation = generation_defaults()
     c.data = pipeline_defaults()
     c.data.data_dir = "data/synthetic-features"  # built on first use (data.synthetic.generate)
@@ -138,12 +148,17 @@ def smoke() -> ml_collections.ConfigDict:
     c.log.eval_every = 1000  # > the stage lengths: one evaluation at the end of each stage
     c.log.eval_batches = 4
     c.generation.limit = 0  # every example of every split
+    # OURS, off-paper: stage 3 trains on the gold chains, which skips generating a chain for every
+    # train example (minutes on 2 CPU cores); `signal` and the paper presets use generated chains.
+    # Evaluation still feeds the Response LLM the chain the M-CoE LLM generates.
+    c.response_mcoe = "gold"
     return c
 
 
 def signal() -> ml_collections.ConfigDict:
     """Smoke sizes trained long enough to learn: the learning-signal runs in the README."""
     c = smoke()
+    c.response_mcoe = "generated"  # the paper's stage 3 (smoke's gold chains are a shortcut)
     c.stages.pdr.steps = 600
     c.stages.mcoe.steps = 150
     c.stages.response.steps = 60
@@ -165,7 +180,6 @@ def _paper(hint: str) -> ml_collections.ConfigDict:
         block.param_dtype = "bfloat16"
         block.remat = "full"
     c.projector.hidden_dim = 1024  # keeps the projectors ~1e8 params at d_model 5120
-    c.response_mcoe = "generated"  # the paper's stage 3: the Response LLM reads generated chains
     c.data.global_batch_size = 32
     c.data.max_utterances = 12
     c.data.seq_buckets = (512, 1024, 2048)

@@ -37,6 +37,7 @@ def run(tmp_path_factory):
 
 
 def test_evaluate_writes_consistent_outputs(run, tmp_path, monkeypatch):
+    from merg_jax.core.assets import smollm2_gguf
     from merg_jax.evaluation import distinct, emotion
     from merg_jax.systems import common
     from merg_jax.systems.jobs import evaluate_workdir as evaluate
@@ -68,7 +69,21 @@ def test_evaluate_writes_consistent_outputs(run, tmp_path, monkeypatch):
     assert [r["predicted_emotion_text"] for r in rows] == ["surprised. Confidence: high", ""] * 3
     assert saved["emotion_acc_coarse"] == acc["acc_coarse"] and saved["emotion_unparseable"] == acc["n_unparseable"]
     # a near-uniform tiny model over a 49k vocabulary: perplexity near the vocabulary size
-    assert 1e4 < saved["ppl_context"] < 1e5 and 1e4 < saved["ppl_context_free"] < 1e5
+    for k in ("ppl_target_given_train_prompt", "ppl_context_free", "ppl_response"):
+        assert 1e4 < saved[k] < 1e5, (k, saved[k])
+    # ppl_response: the gold response + EOS after the exact prompt the response came from
+    from merg_jax.core.tokenizer import load_tokenizer
+    from merg_jax.evaluation.perplexity import perplexity
+    tok = load_tokenizer(smollm2_gguf())
+    for r in rows:
+        # text_response: "Emotion: <predicted>\nResponse:" then " <gold>" + EOS, only the latter scored
+        assert r["response_tokens"] == len(tok(" " + r["gold_response"], add_special_tokens=False)["input_ids"]) + 1
+        assert "Dialogue Context" in r["response_prompt"] and r["gold_response"] not in r["response_prompt"]
+    assert saved["ppl_response"] == pytest.approx(perplexity([r["response_nll"] for r in rows],
+                                                             [r["response_tokens"] for r in rows]), rel=1e-3)
+    exact = emotion.emotion_accuracy_exact([r["predicted_emotion_text"] or None for r in rows],
+                                           [r["gold_emotion"] for r in rows])
+    assert saved["emotion_acc_exact_coarse"] == exact["acc_coarse"] and "chains_empty" not in saved
     sub = json.load(open(os.path.join(out, "submission.json")))
     assert sorted(s["conversation_id"] for s in sub) == sorted({r["conversation_id"] for r in rows})
     assert "| emotion_acc_coarse |" in open(os.path.join(out, "metrics.md")).read()

@@ -241,7 +241,28 @@ def test_three_stages_train_only_their_params(assets, tmp_path):
     gen = os.path.join(workdir, "stage_outputs")
     texts = [json.loads(line) for line in open(os.path.join(gen, "mcoe_train.jsonl"))]
     assert len(texts) >= 4 and all(isinstance(v, str) for t in texts for v in t.values())
-    assert json.load(open(os.path.join(gen, "data", "manifest.json")))["generated_mcoe"]["train"] >= 4
+    man = json.load(open(os.path.join(gen, "data", "manifest.json")))
+    assert man["generated_mcoe"]["train"] == 4  # generation.limit
+    # every train record without a non-empty generation is counted (16 records, limit 4)
+    n_empty = 16 - sum(bool(v.strip()) for t in texts for v in t.values())
+    assert man["generated_mcoe_empty"]["train"] == n_empty
+    # what the response stage trained on: generated chains (here mostly empty), never the gold M-CoE
+    from input_pipeline.pipeline import make_iterator
+    from input_pipeline.prompts import PromptBuilder
+    from merg_jax.systems.meria import Meria
+    replay = _config(assets, response_mcoe="generated")
+    replay.generation.data_dir = os.path.join(gen, "data")
+    sys_ = Meria(replay)
+    sys_.resolve()
+    view = sys_.data_config(replay.stages.response, "train", train=False)
+    tok = PromptBuilder("mcoe_response", replay.data.tokenizer_path, max_length=8, max_utterances=1).tokenizer
+    seen = 0
+    for b in make_iterator(view):
+        for row, n in zip(b["input_ids"], b["prompt_length"]):
+            text = tok.decode(row[:int(n)].tolist())
+            assert "Multimodal chain of empathy" in text and "a bright voice" not in text and "A cause." not in text
+            seen += 1
+    assert seen >= 16
 
     # evaluation of the trained run: chain -> response per example, latent probes and pictures
     from merg_jax.systems.jobs import evaluate_workdir as evaluate
@@ -253,16 +274,48 @@ def test_three_stages_train_only_their_params(assets, tmp_path):
         assert 0.0 <= m[k] <= 1.0, (k, m)
     for f in ("tsne_shared.png", "tsne_video_subspaces.png", "submission.json", "metrics.md"):
         assert os.path.getsize(os.path.join(out, f)) > 0, f
+    # no gold chain in any response prompt; empty chains are counted
+    assert m["chains_empty"] == sum(r["chain_empty"] for r in rows) == sum(not r["generated_chain"] for r in rows)
+    assert all("a bright voice" not in r["response_prompt"] and "A cause." not in r["response_prompt"] for r in rows)
+    assert all(r["generated_chain"] in r["response_prompt"] for r in rows)
+    # a chain budget of 0 (launch/evaluate.py --config.generation.max_new_tokens=0): the Response LLM alone
+    out0 = str(tmp_path / "eval0")
+    m0 = evaluate(workdir, split="valid", output_dir=out0, batch_size=2, max_new_tokens=6, bertscore=False,
+                  max_examples=2, config_overrides={"generation.max_new_tokens": 0})
+    assert m0["n"] == m0["chains_empty"] == 2 and np.isfinite(m0["ppl_response"])
+    with pytest.raises(ValueError, match="would change the trained model"):
+        evaluate(workdir, split="valid", output_dir=out0, config_overrides={"mcoe_model.lora.rank": 4})
 
 
 def test_pdr_stage_loss_and_eval_aux(built):
+    """The stage feeds the batch's speaker ids and profile labels to eq. 5 (a system that drops
+    either gets other triplet / cls values) and reports the profile-classifier accuracy."""
+    from merg_jax.models import meria as meria_model
+    from merg_jax.models.pdr import pdr_losses
     config, system, model = built
     b = _dev(_batch(config, "pdr"))
-    loss, aux = system.loss(model, b, jax.random.key(0), config.stages["pdr"], train=True)
-    assert np.isfinite(float(loss)) and float(aux["tokens"]) == float(
-        (b["audio_mask"] | b["video_mask"] | b["text_mask"]).sum())
-    assert float(aux["triplet"]) >= 0 and float(aux["cls"]) > 0  # speaker/profile labels are known
-    np.testing.assert_allclose(float(aux["nll_sum"]), float(loss) * float(aux["tokens"]), rtol=1e-5)
+    # two speakers alternating within each dialogue, so every anchor has a positive and a negative
+    b["speaker_ids"] = jnp.where(b["speaker_ids"] >= 0, jnp.arange(b["speaker_ids"].shape[-1]) % 2, -1)
+    loss, aux = system.loss(model, b, None, config.stages["pdr"], train=False)
+    feats, masks = meria_model.features(b, model)
+    out = model.pdr(feats, deterministic=True)
+    labels = {a: b[f"profile_{a}"] for a in ("age", "gender", "timbre")}
+    assert all(int(jnp.sum(v >= 0)) > 0 for v in labels.values()) and int(jnp.sum(b["speaker_ids"] >= 0)) > 0
+    want, terms = pdr_losses(model.pdr.cfg, out, feats, masks, speaker_ids=b["speaker_ids"], profile_labels=labels)
+    _, unlabelled = pdr_losses(model.pdr.cfg, out, feats, masks)
+    np.testing.assert_allclose([loss, aux["triplet"], aux["cls"]], [want, terms["triplet"], terms["cls"]], rtol=1e-5)
+    assert float(terms["cls"]) > 0.1 and float(terms["triplet"]) > 0.0 and float(unlabelled["cls"]) == 0.0
+    rows = (b["audio_mask"] | b["video_mask"] | b["text_mask"]).sum()
+    assert float(aux["tokens"]) == float(rows)
+    np.testing.assert_allclose(float(aux["nll_sum"]), float(want) * float(rows), rtol=1e-5)
+    # profile_accuracy: audio classifier argmax == label over audio rows with a known label, by hand
+    hits = n = 0
+    am = np.asarray(b["audio_mask"])
+    for a, lab in labels.items():
+        pred = np.argmax(np.asarray(out.profile_logits["audio"][a]), -1)
+        known = am & (np.asarray(lab) >= 0)
+        hits, n = hits + int(np.sum((pred == np.asarray(lab)) & known)), n + int(known.sum())
+    np.testing.assert_allclose(float(aux["profile_accuracy"]), hits / n, rtol=1e-6)
 
 
 def test_use_mcoe_off_feeds_soft_tokens_to_response_llm(assets):
@@ -315,7 +368,6 @@ def test_predict_chain_then_response_lines_up_with_batch(built):
     soft prompt (checked against a cache-free decode), and the response LLM's prompt is
     mcoe_response with that chain inserted."""
     from input_pipeline.prompts import PromptBuilder
-    from merg_jax.generation import SamplingConfig
     config, system, model = built
     assert system.eval_stage().name == "mcoe"
     batch = _batch(config, "mcoe", split="valid", include_target=False, global_batch_size=3)
@@ -324,8 +376,8 @@ def test_predict_chain_then_response_lines_up_with_batch(built):
     tok = PromptBuilder("mcoe_response", config.data.tokenizer_path, max_length=8, max_utterances=1).tokenizer
     system._last_view = (config.data.data_dir, "valid")
     rows = system.predict(model, batch, tok, max_new_tokens=4)
-    assert len(rows) == 2 and all(set(r) == {"generated_chain", "response", "predicted_emotion", "raw"}
-                                  for r in rows)
+    assert len(rows) == 2 and all(set(r) == {"generated_chain", "response", "predicted_emotion", "raw",
+                                             "chain_empty", "response_prompt_ids"} for r in rows)
     # the chain gets the generation budget (6 tokens), the response predict's own (4)
     chains = _greedy_reference(model, model.mcoe_llm, batch, config.generation.max_new_tokens, tok)
     assert [r["generated_chain"] for r in rows] == [chains[0], chains[2]]
@@ -340,10 +392,20 @@ def test_predict_chain_then_response_lines_up_with_batch(built):
     for r, i in zip(rows, (0, 2)):
         rec = dict(recs[str(batch["example_id"][i])], generated_mcoe=r["generated_chain"])
         prompt = system._response_builder("valid").build(rec).tokens.tolist()
+        assert prompt == r["response_prompt_ids"]
         if r["generated_chain"]:
             assert tok.decode(prompt).count(r["generated_chain"]) == 1
-        raw = predictor.response_generator.generate_ids([prompt], SamplingConfig(max_new_tokens=4)).texts[0]
-        assert r["raw"] == raw
+        # the response: a cache-free greedy decode of that prompt (not the Generator again)
+        x = llm_ids = jnp.asarray([prompt])
+        eos = {int(tok.eos_token_id)}
+        out_ids = []
+        for _ in range(4):
+            nxt = int(jnp.argmax(model.response_llm(x).logits[0, -1]))
+            if nxt in eos:
+                break
+            out_ids.append(nxt)
+            x = jnp.concatenate([x, jnp.asarray([[nxt]])], axis=1)
+        assert r["raw"] == tok.decode(out_ids, skip_special_tokens=True), (r["raw"], llm_ids.shape)
 
 
 def test_predict_without_mcoe_decodes_from_soft_tokens(assets):

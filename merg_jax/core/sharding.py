@@ -60,9 +60,11 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
 
 
 @contextlib.contextmanager
-def logical_rules(rules: Iterable[tuple[str, str | tuple[str, ...] | None]]):
-    """Temporarily replaces the rule list (e.g. from a config override)."""
-    _ACTIVE_RULES.append(tuple(rules))
+def logical_rules(rules: Iterable[tuple[str, str | tuple[str, ...] | None]] | None):
+    """Temporarily replaces the rule list (a config's mesh.rules; None or empty = LOGICAL_RULES).
+    Lists from a JSON round trip (a saved config.json) become the tuples the lookups want."""
+    rules = rules or LOGICAL_RULES
+    _ACTIVE_RULES.append(tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules))
     try:
         yield
     finally:

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from input_pipeline.schema import AVAMERG_COARSE, COARSE_ALIASES, FINE_TO_COARSE, MELD_TO_COARSE, coarse_emotion
 
-__all__ = ["parse_emotion", "normalize_emotion", "emotion_accuracy", "EMOTION_MARKERS"]
+__all__ = ["parse_emotion", "normalize_emotion", "emotion_accuracy", "emotion_accuracy_exact", "EMOTION_MARKERS"]
 
 # Where a label is announced, most specific first; the label is what follows the
 # colon on the same line.  Matching is case-insensitive; the *last* occurrence of
@@ -111,3 +111,39 @@ def emotion_accuracy(preds: Sequence[Optional[str]], golds: Sequence[str]) -> di
     n = len(golds)
     return {"acc_fine": fine_hits / n if n else 0.0, "acc_coarse": coarse_hits / n if n else 0.0,
             "n": n, "n_unparseable": unparseable}
+
+
+def exact_label(label: Optional[str]) -> Optional[tuple[str, str]]:
+    """`(fine, coarse)` when the WHOLE label text (lower-cased, punctuation and spaces collapsed)
+    is a known label, else None: no first-known-word scan, no filler words skipped."""
+    if not label:
+        return None
+    whole = " ".join(_WORD.findall(label.strip().lower()))
+    if not _known(whole):
+        return None
+    return (whole if whole in FINE_TO_COARSE else COARSE_ALIASES.get(whole, whole)), coarse_emotion(whole)
+
+
+def emotion_accuracy_exact(preds: Sequence[Optional[str]], golds: Sequence[str]) -> dict[str, float]:
+    """Exact-match emotion accuracy (the AvaMERG paper, appendix E.3, eq. 23: the normalised
+    predicted label equals the gold label), fine and coarse.
+
+      acc_fine   = #{exact_label(pred).fine == normalize(gold).fine} / n
+      acc_coarse = #{exact_label(pred).coarse == normalize(gold).coarse} / n
+    Normalisation is only case, punctuation and whitespace (and a coarse alias such as "joy"
+    naming its coarse class); "very sad", "sad, I think" or "sad. Confidence: high" are misses
+    here and hits for the lenient `emotion_accuracy`.
+    """
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} predictions for {len(golds)} gold labels")
+    fine = coarse = 0
+    for i, (pred, gold) in enumerate(zip(preds, golds)):
+        want = normalize_emotion(gold)
+        if want is None:
+            raise ValueError(f"gold label #{i} {gold!r} is not a known emotion")
+        got = exact_label(pred)
+        if got is not None:
+            fine += got[0] == want[0]
+            coarse += got[1] == want[1]
+    n = len(golds)
+    return {"acc_fine": fine / n if n else 0.0, "acc_coarse": coarse / n if n else 0.0, "n": n}

@@ -8,8 +8,16 @@ per-example perplexities.
 
 The early-fusion paper reports a single PPL column and says neither what the language model
 is conditioned on nor how tokens are aggregated.  We therefore name two variants:
-  ppl_context       target tokens given the whole prompt (dialogue history, soft
-                    prompts): exactly the training loss' tokens (`loss_mask`).
+  ppl_response      the gold response tokens (+ EOS) given what the system sees at
+                    inference before it writes them: its inference prompt (dialogue,
+                    soft prompts, for MERIA the *generated* chain) and, for templates
+                    whose target states the emotion first, "Emotion: <its own predicted
+                    emotion>\nResponse:" (`continuation_nll`).  The same quantity for
+                    every system, so it is the one PPL to compare across rows.
+  ppl_target_given_train_prompt
+                    the evaluated stage's gold target given its training prompt: the
+                    training loss' tokens (`loss_mask`); what the target is differs by
+                    system (MERIA: the gold M-CoE chain; text baseline: emotion + response).
   ppl_context_free  the response alone: a start token, then the response's tokens
                     and EOS, no chat template, no history (`context_free_batch`);
                     it measures the fluency of the text by itself.
@@ -23,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["perplexity", "target_nll", "context_free_batch", "start_token_id"]
+__all__ = ["perplexity", "target_nll", "context_free_batch", "start_token_id", "continuation_nll"]
 
 _NEEDED = ("input_ids", "targets", "loss_mask", "attention_mask", "positions")
 
@@ -117,3 +125,49 @@ def context_free_batch(tokenizer: Any, responses: Sequence[str], *, max_length: 
         out["positions"][r, :n] = np.arange(n)
         out["segment_ids"][r, :n] = 1
     return out
+
+
+def continuation_nll(model: nnx.Module, prompt_embeds: Any, prompt_mask: Any, continuations: Sequence[Sequence[int]],
+                     scored_from: Sequence[int], *, pad_multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Per row `(nll_sum, token_count)` (float64[B]) of `continuations[b][scored_from[b]:]` given
+    the prompt `prompt_embeds[b]` ([B, P, E], its real tokens where `prompt_mask` [B, P] is 1,
+    padding on either side) and the continuation tokens before `scored_from[b]`.
+
+    Row b becomes [real prompt embeddings, embeddings of continuations[b]], right-padded to a
+    multiple of `pad_multiple`, positions 0..n-1; token t+1 is scored when it lies in the
+    scored part.  This is how a response is scored after a soft or text prompt alike.
+    """
+    mask = np.asarray(prompt_mask, np.int32)
+    b = mask.shape[0]
+    if len(continuations) != b or len(scored_from) != b:
+        raise ValueError(f"{b} prompts, {len(continuations)} continuations, {len(scored_from)} offsets")
+    n_prompt = mask.sum(axis=1)
+    n_cont = np.asarray([len(c) for c in continuations])
+    width = -(-int((n_prompt + n_cont).max()) // pad_multiple) * pad_multiple
+    cont_w = max(1, int(n_cont.max()))
+    cont = np.zeros((b, cont_w), np.int32)
+    for r, c in enumerate(continuations):
+        cont[r, :len(c)] = c
+    order = np.argsort(1 - mask, axis=1, kind="stable")  # real prompt tokens first, order kept
+    # gather index into [prompt (P) | continuation (C)] per output position
+    src = np.full((b, width), mask.shape[1] + cont_w - 1, np.int64)
+    targets = np.zeros((b, width), np.int32)
+    loss_mask = np.zeros((b, width), np.int32)
+    attn = np.zeros((b, width), np.int32)
+    for r in range(b):
+        n, c = int(n_prompt[r]), int(n_cont[r])
+        src[r, :n] = order[r, :n]
+        src[r, n:n + c] = mask.shape[1] + np.arange(c)
+        attn[r, :n + c] = 1
+        if c:
+            targets[r, n - 1:n + c - 1] = continuations[r]
+            first = n - 1 + int(scored_from[r])
+            loss_mask[r, first:n + c - 1] = 1
+    joint = jnp.concatenate([jnp.asarray(prompt_embeds), model.embed(jnp.asarray(cont)).astype(prompt_embeds.dtype)],
+                            axis=1)
+    embeds = jnp.take_along_axis(joint, jnp.asarray(src)[..., None], axis=1)
+    positions = np.maximum(np.cumsum(attn, axis=1) - 1, 0).astype(np.int32)
+    batch = {"input_ids": np.zeros((b, width), np.int32), "targets": targets, "loss_mask": loss_mask,
+             "attention_mask": attn, "positions": positions, "inputs_embeds": embeds}
+    nll, count = target_nll(model, batch)
+    return np.asarray(nll, np.float64), np.asarray(count, np.float64)

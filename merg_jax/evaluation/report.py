@@ -1,7 +1,7 @@
 """Markdown tables of metrics, laid out like the papers' tables (the early-fusion paper, table 3, the MERIA paper tables 1-2).
 
 Every metric is named by what it computes (dist_2_corpus vs. dist_2_mean,
-ppl_context vs. ppl_context_free), and the table ends with the definition of
+ppl_response vs. ppl_context_free), and the table ends with the definition of
 each metric name it shows, so a number never travels without its meaning.
 """
 from __future__ import annotations
@@ -12,11 +12,23 @@ from typing import Any, Mapping
 __all__ = ["metrics_markdown", "DEFINITIONS", "format_value"]
 
 DEFINITIONS: dict[str, str] = {
-    "emotion_acc_fine": "emotion accuracy, exact match on the 32 fine labels (unparseable = wrong)",
-    "emotion_acc_coarse": "emotion accuracy on the 7 coarse AvaMERG labels (unparseable = wrong)",
+    "emotion_acc_fine": "lenient emotion accuracy on the 32 fine labels: the first known label word of the "
+                        "prediction (filler words skipped) equals the gold label; unparseable = wrong",
+    "emotion_acc_coarse": "lenient emotion accuracy on the 7 coarse AvaMERG labels (as emotion_acc_fine)",
+    "emotion_acc_exact_fine": "exact-match emotion accuracy (the AvaMERG paper, E.3 eq. 23): the whole "
+                              "predicted label, case and punctuation normalised, equals the gold fine label",
+    "emotion_acc_exact_coarse": "exact-match emotion accuracy on the 7 coarse labels (as emotion_acc_exact_fine)",
+    "chains_empty": "examples whose generated chain of empathy was empty (the response prompt then shows an "
+                    "empty chain, never the gold one)",
+    "ppl_response": "exp(token-weighted mean NLL) of the gold response + EOS given what the system sees at "
+                    "inference: its inference prompt (MERIA: the generated chain / soft prompts) and its own "
+                    "predicted 'Emotion: X' line where its target has one; comparable across systems",
+    "ppl_target_given_train_prompt": "exp(token-weighted mean NLL) of the evaluated stage's gold target given "
+                                     "its training prompt (MERIA: the gold M-CoE chain given soft prompts + "
+                                     "dialogue; text baseline: emotion + response given the dialogue); "
+                                     "not comparable across systems",
     "emotion_unparseable": "predictions with no recognisable emotion label",
     "generation_s": "seconds spent generating (chain + response) for all examples",
-    "ppl_context": "exp(token-weighted mean NLL) of the target tokens given the full prompt",
     "ppl_context_free": "exp(token-weighted mean NLL) of the response alone (start token + response + EOS)",
     "bertscore_p": "BERTScore P (greedy cosine matching, bert-score conventions)",
     "bertscore_r": "BERTScore R",

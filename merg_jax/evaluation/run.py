@@ -2,8 +2,11 @@
 
 Outputs in `output_dir`: predictions.jsonl, metrics.json, metrics.md,
 submission.json (AvaMERG challenge format) and PNG plots.  Every metric is
-named by its variant (dist_2_corpus vs dist_2_mean, ppl_context vs
-ppl_context_free) because the papers compute them differently.
+named by its variant (dist_2_corpus vs dist_2_mean, ppl_response vs
+ppl_target_given_train_prompt vs ppl_context_free) because the papers compute them
+differently.  No gold field reaches a prompt the models generate from: the generation
+view is built in inference mode (input_pipeline/prompts.py), and each prediction row
+carries the exact prompt the response came from (`response_prompt`).
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ def _view(system, split: str, *, with_target: bool, batch_size: int) -> ml_colle
     cfg = system.data_config(system.eval_stage(), split, train=False)
     with cfg.unlocked():
         cfg.include_target = with_target
+        # generation prompts are inference prompts; the teacher-forced view is the training prompt
+        cfg.prompt_mode = "train" if with_target else "inference"
         cfg.global_batch_size = batch_size
         cfg.packing = False
         cfg.worker_count = 0
@@ -62,10 +67,14 @@ def evaluate(llm, tokenizer, info: dict, *, split: str = "test", output_dir: str
     rows, t0 = [], time.perf_counter()
     total = min(max_examples, len(recs)) if max_examples else len(recs)
     bar = Progress(f"generate {split}", total, every=max(batch_size, math.ceil(total / 20)), unit="example")
+    resp_nll = resp_tok = 0.0
     for batch in make_iterator(cfg):
         ids = [str(x) for x, k in zip(batch["example_id"], batch["example_mask"]) if k]
         outs = system.predict(model, batch, tokenizer, max_new_tokens=max_new_tokens)
-        for eid, out in zip(ids, outs):
+        scored = _score_responses(system, model, batch, outs, [recs.get(e, {}).get("response") or "" for e in ids],
+                                  tokenizer)
+        for eid, out, (prompt_text, nll_i, tok_i) in zip(ids, outs, scored):
+            resp_nll, resp_tok = resp_nll + nll_i, resp_tok + tok_i
             r = recs.get(eid, {})
             rows.append({"example_id": eid, "conversation_id": r.get("conversation_id", ""),
                          "turn_id": r.get("turn_id", ""),
@@ -74,7 +83,10 @@ def evaluate(llm, tokenizer, info: dict, *, split: str = "test", output_dir: str
                          "generated_chain": out.get("generated_chain", ""), "response": out["response"],
                          "predicted_emotion": emotion.label_of(out["predicted_emotion"]),
                          "predicted_emotion_text": out["predicted_emotion"], "gold_emotion": r.get("emotion", ""),
-                         "gold_response": r.get("response", ""), "raw_output": out.get("raw", "")})
+                         "gold_response": r.get("response", ""), "raw_output": out.get("raw", ""),
+                         "response_prompt": prompt_text, "response_nll": round(nll_i, 4),
+                         "response_tokens": int(tok_i),
+                         **({"chain_empty": bool(out["chain_empty"])} if "chain_empty" in out else {})})
         bar.update(min(len(rows), total))
         if max_examples and len(rows) >= max_examples:
             rows = rows[:max_examples]
@@ -86,10 +98,16 @@ def evaluate(llm, tokenizer, info: dict, *, split: str = "test", output_dir: str
     responses = [r["response"] for r in rows]
     metrics: dict[str, Any] = {"n": len(rows), "split": split, "workdir": os.path.abspath(workdir),
                                "step": info["step"], "system": info["system"], "generation_s": round(gen_s, 1)}
-    acc = emotion.emotion_accuracy([r["predicted_emotion_text"] or None for r in rows],
-                                   [r["gold_emotion"] for r in rows])
+    if any("chain_empty" in r for r in rows):  # a system with a chain: how often it was empty
+        metrics["chains_empty"] = sum(bool(r.get("chain_empty")) for r in rows)
+    preds, golds = [r["predicted_emotion_text"] or None for r in rows], [r["gold_emotion"] for r in rows]
+    acc = emotion.emotion_accuracy(preds, golds)
+    exact = emotion.emotion_accuracy_exact(preds, golds)
     metrics.update({"emotion_acc_fine": acc["acc_fine"], "emotion_acc_coarse": acc["acc_coarse"],
+                    "emotion_acc_exact_fine": exact["acc_fine"], "emotion_acc_exact_coarse": exact["acc_coarse"],
                     "emotion_unparseable": acc["n_unparseable"]})
+    if rows:
+        metrics["ppl_response"] = perplexity(np.asarray([resp_nll]), np.asarray([resp_tok]))
     for n in (1, 2):
         metrics[f"dist_{n}_corpus"] = distinct.dist_n_corpus(responses, n)
         metrics[f"dist_{n}_mean"] = distinct.dist_n_mean(responses, n)
@@ -108,7 +126,7 @@ def evaluate(llm, tokenizer, info: dict, *, split: str = "test", output_dir: str
         seen += int(np.sum(batch["example_mask"]))
         if max_examples and seen >= max_examples:
             break
-    metrics["ppl_context"] = perplexity(np.asarray([nll]), np.asarray([tok]))
+    metrics["ppl_target_given_train_prompt"] = perplexity(np.asarray([nll]), np.asarray([tok]))
     golds = [r["gold_response"] for r in rows]
     cf_nll = cf_tok = 0.0
     for i in range(0, len(golds), batch_size):
@@ -154,6 +172,48 @@ def evaluate(llm, tokenizer, info: dict, *, split: str = "test", output_dir: str
             latents_lib.plot(lat, latents_lib.label_names(cfg.data_dir), output_dir)
     log.info("evaluation written to %s", output_dir)
     return metrics
+
+
+def response_continuation(tokenizer, template: str, predicted_emotion: str, gold_response: str
+                          ) -> tuple[list[int], int]:
+    """(tokens, first scored index) of what follows the response prompt when the gold response
+    is scored: the template's target up to the response with the system's own predicted
+    emotion filled in ("Emotion: sad\nResponse:" for mcoe_response; nothing for Listing 1),
+    then the gold response and EOS.  Only the response + EOS are scored."""
+    from input_pipeline.prompts import TEMPLATES, render_target
+    mark = "\ue001"
+    text = render_target(TEMPLATES[template], {"emotion": predicted_emotion or "", "response": mark})
+    prefix = text.split(mark, 1)[0] if mark in text else ""
+    response = gold_response
+    if prefix.endswith(" "):  # "Response: I ..." tokenizes as "Response:" + " I ...", as in training
+        prefix, response = prefix[:-1], " " + response
+    pre = list(tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else []
+    resp = list(tokenizer(response, add_special_tokens=False)["input_ids"]) + [int(tokenizer.eos_token_id)]
+    return pre + resp, len(pre)
+
+
+def _score_responses(system, model, batch: dict, outs: list[dict], golds: list[str], tokenizer
+                     ) -> list[tuple[str, float, float]]:
+    """Per real row: (exact response prompt text, NLL sum of the gold response, its tokens)."""
+    from merg_jax.evaluation.perplexity import continuation_nll
+    rp = system.response_prompts(model, batch, outs)
+    for out in outs:
+        out.pop("response_prompt_ids", None)
+    if not outs:
+        return []
+    embeds, mask = rp.embeds, rp.mask
+    if embeds is None:  # a text prompt: embed its tokens (right-padded)
+        width = max(len(x) for x in rp.ids)
+        ids = np.zeros((len(rp.ids), width), np.int32)
+        mask = np.zeros((len(rp.ids), width), np.int32)
+        for i, x in enumerate(rp.ids):
+            ids[i, :len(x)], mask[i, :len(x)] = x, 1
+        embeds = rp.llm.embed(jax.numpy.asarray(ids))
+    conts = [response_continuation(tokenizer, rp.template, o.get("predicted_emotion", ""), g)
+             for o, g in zip(outs, golds)]
+    nll, tok = continuation_nll(rp.llm, embeds, mask, [c for c, _ in conts], [s for _, s in conts])
+    texts = [tokenizer.decode(x) for x in rp.ids]
+    return [(t, float(a), float(b)) for t, a, b in zip(texts, nll, tok)]
 
 
 def _plots(workdir: str, output_dir: str, pol) -> None:

@@ -7,17 +7,33 @@ stage outputs (a trained PDR, a LoRA) carry over simply by staying in the tree.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from merg_jax.core import assets
 from merg_jax.models.layers import LoraConfig
+from merg_jax.systems.common import prompt_ids
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ResponsePrompts:
+    """What a system's response-writing LLM reads before the response, for the real rows of a
+    prompt-only batch (evaluation scores `ppl_response` after it and writes `ids` decoded into
+    predictions.jsonl as the exact response prompt)."""
+    llm: Any  # the CausalLM that writes the response
+    ids: list[list[int]]  # prompt token ids per real row (placeholder ids at soft slots)
+    embeds: jax.Array | None = None  # [B_real, P, E] with soft prompts spliced in; None: embed `ids`
+    mask: np.ndarray | None = None  # [B_real, P], with `embeds`
+    template: str = ""  # input_pipeline.prompts.TEMPLATES name whose target the response follows
 
 
 class System:
@@ -75,6 +91,20 @@ class System:
         """Generated outputs for the real examples of a prompt-only batch: one dict per
         example with generated_chain, response and predicted_emotion (text)."""
         raise NotImplementedError(f"system {self.name!r} has no predict()")
+
+    def eval_template(self) -> str:
+        """The template of the evaluated stage (its data override, else config.data.template)."""
+        data = self.eval_stage().get("data") or {}
+        return data.get("template") or self.config.data.template
+
+    def response_prompts(self, model: nnx.Module, batch: dict, rows: list[dict]) -> ResponsePrompts:
+        """The response LLM's inputs for the real rows of a prompt-only batch, after predict()
+        returned `rows` for it.  Default: a text-only system whose response LLM reads the
+        batch's own prompt tokens."""
+        if "soft_mask" in batch and np.asarray(batch["soft_mask"]).any():
+            raise NotImplementedError(f"system {self.name!r} splices soft prompts: it must override "
+                                      "response_prompts() to return its prompt embeddings")
+        return ResponsePrompts(self.llm(model), prompt_ids(batch), template=self.eval_template())
 
     # -- outputs --------------------------------------------------------------
     def llm(self, model: nnx.Module, which: str = "response"):

@@ -19,8 +19,10 @@ def make_trainer(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     return Trainer(config, workdir, get_system(config.system)(config))
 
 
-def evaluate_workdir(workdir: str, *, step: int | None = None, **kw) -> dict[str, Any]:
-    """Loads the workdir's newest good checkpoint (or `step`) and scores it; `kw` as
+def evaluate_workdir(workdir: str, *, step: int | None = None, config_overrides: dict | None = None,
+                     **kw) -> dict[str, Any]:
+    """Loads the workdir's newest good checkpoint (or `step`) and scores it; `config_overrides`
+    ({dotted path: value}) change how it is evaluated (see workdir.check_eval_overrides); `kw` as
     `merg_jax.evaluation.run.evaluate` (split, output_dir, max_examples, ...)."""
-    llm, tokenizer, info = load_workdir(workdir, which="response", step=step)
+    llm, tokenizer, info = load_workdir(workdir, which="response", step=step, config_overrides=config_overrides)
     return evaluation_run.evaluate(llm, tokenizer, info, **kw)

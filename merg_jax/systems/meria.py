@@ -11,6 +11,7 @@ import os
 
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from input_pipeline import extract_io, prompts
@@ -21,7 +22,7 @@ from merg_jax.models import fusion as fusion_lib
 from merg_jax.models import meria as meria_model
 from merg_jax.models import pdr as pdr_lib
 from merg_jax.systems import common, meria_inference
-from merg_jax.systems.base import System, build_llm
+from merg_jax.systems.base import ResponsePrompts, System, build_llm
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,10 @@ class Meria(System):
                 m = c.response_model if kind == "response" else (c.mcoe_model if c.use_mcoe
                                                                  else c.response_model)
                 view.tokenizer_path = m.path or ""
-            if kind == "response" and c.use_mcoe and c.response_mcoe == "generated":
-                view.data_dir = self._generated_data_dir(split)
+            if kind == "response" and c.use_mcoe:
+                view.chain_source = c.response_mcoe  # gold only in the gold-chain ablation
+                if c.response_mcoe == "generated":
+                    view.data_dir = self._generated_data_dir(split)
         if not train:
             self._last_view = (view.data_dir, split)  # predict() reads raw records from here
         return view
@@ -188,7 +191,7 @@ class Meria(System):
         if kind == "mcoe" or not c.use_mcoe:
             llm = model.mcoe_llm if kind == "mcoe" else model.response_llm
             emb = meria_model.soft_embeds(model, llm, batch, max_utterances=int(c.data.max_utterances),
-                              use_ugf=bool(c.use_ugf))
+                                          use_ugf=bool(c.use_ugf), agreement_temperature=meria_inference.agreement_temperature(c))
             out = llm(inputs_embeds=emb, attention_mask=batch["attention_mask"], positions=batch["positions"],
                       dropout_key=key if train else None)
         else:
@@ -246,7 +249,7 @@ class Meria(System):
         return prompts.PromptBuilder(v.template, tok, max_length=int(v.seq_buckets[-1]),
                                      max_utterances=int(v.max_utterances), chat_template=v.chat_template,
                                      system_prompt=v.system_prompt, placeholder_token=v.placeholder_token,
-                                     include_target=False)
+                                     include_target=False, mode="inference")
 
     def _eval_records(self, data_dir: str, split: str) -> dict[str, dict]:
         """example_id -> raw record of data_dir/split (cached per (data_dir, split))."""
@@ -277,6 +280,19 @@ class Meria(System):
                 for s in extract_io.read_manifest(data_dir).get("splits", {}):
                     recs = {**self._eval_records(data_dir, s), **recs}
         return hit[2].predict(batch, recs, max_new_tokens=max_new_tokens)
+
+    def response_prompts(self, model, batch, rows) -> ResponsePrompts:
+        """use_mcoe: the text prompt with the generated chain that predict() built; else the
+        soft tokens + dialogue the Response LLM decoded from."""
+        c = self.config
+        if c.use_mcoe:
+            stage = next(c.stages[n] for n in c.stage_order if stage_kind(c.stages[n]) == "response")
+            return ResponsePrompts(model.response_llm, [r["response_prompt_ids"] for r in rows],
+                                   template=(stage.get("data") or {}).get("template") or c.data.template)
+        keep = np.asarray(batch["example_mask"], bool)
+        embeds = self._predictor[2].soft_prompts(batch)
+        return ResponsePrompts(model.response_llm, common.prompt_ids(batch), embeds[keep],
+                               np.asarray(batch["attention_mask"])[keep], DIRECT_TEMPLATE)
 
     def pdr_latents(self, model, batch) -> dict:
         """Per-row posterior means, fused Z_S^F, presence masks (evaluation.latents)."""

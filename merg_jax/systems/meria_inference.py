@@ -37,11 +37,17 @@ log = logging.getLogger(__name__)
 GENERATED_DIR = "stage_outputs"
 
 
+def agreement_temperature(config: ml_collections.ConfigDict) -> float:
+    """config.fusion.agreement_temperature (ours; 0 = the paper's plain mean over utterances;
+    configs saved before the option existed have no fusion block)."""
+    return float((config.get("fusion") or {}).get("agreement_temperature", 0.0))
+
+
 class SoftPromptDecoder:
     """Greedy continuation of soft-prompt batches by one LLM of a MERIA model tree."""
 
     def __init__(self, model: meria_model.MeriaModel, llm_name: str, tokenizer_path: str, *,
-                 max_utterances: int, use_ugf: bool):
+                 max_utterances: int, use_ugf: bool, agreement_temperature: float = 0.0):
         self.model, self.llm_name = model, llm_name
         self.tokenizer = load_tokenizer(tokenizer_path or smollm2_gguf())
         llm = getattr(model, llm_name)
@@ -52,7 +58,7 @@ class SoftPromptDecoder:
         def embeds(state, batch):
             m = nnx.merge(graphdef, state)
             return meria_model.soft_embeds(m, getattr(m, llm_name), batch, max_utterances=max_utterances,
-                                           use_ugf=use_ugf)
+                                           use_ugf=use_ugf, agreement_temperature=agreement_temperature)
         self._embeds = lambda batch: embeds(state, batch)
 
     def decode(self, batch: dict, max_new_tokens: int) -> list[str]:
@@ -97,6 +103,7 @@ def _write_derived(src_dir: str, dst_dir: str, generated: dict[str, dict[str, st
 
     man = io.read_json(os.path.join(src_dir, "manifest.json"))
     os.makedirs(dst_dir, exist_ok=True)
+    empty: dict[str, int] = {}
     for split in man.get("splits", {}):
         recs = extract_io.read_records(src_dir, split)
         if not recs:
@@ -104,14 +111,18 @@ def _write_derived(src_dir: str, dst_dir: str, generated: dict[str, dict[str, st
         texts = generated.get(split, {})
         w = ArrayRecordWriter(os.path.join(dst_dir, f"{split}-00000-of-00001.array_record"), "group_size:1")
         for rec in recs:
-            text = texts.get(str(rec.get("example_id", "")))
-            if text:
-                rec["generated_mcoe"] = text
+            # a record without a generation trains on an empty chain ("generated" prompts never
+            # fall back to gold): count them
+            rec["generated_mcoe"] = texts.get(str(rec.get("example_id", ""))) or ""
+            empty[split] = empty.get(split, 0) + (not rec["generated_mcoe"])
             w.write(records.encode(rec))
         w.close()
+        if empty.get(split):
+            log.warning("stage 3 data: %d of %d %s examples have an empty generated chain", empty[split],
+                        len(recs), split)
     io.write_json(os.path.join(dst_dir, "manifest.json"),
                   dict(man, generated_mcoe={s: len(t) for s, t in generated.items()},
-                       derived_from=os.path.abspath(src_dir)), indent=None)
+                       generated_mcoe_empty=empty, derived_from=os.path.abspath(src_dir)), indent=None)
 
 
 def prepare_generated_data(model: meria_model.MeriaModel, config: ml_collections.ConfigDict,
@@ -138,7 +149,8 @@ def prepare_generated_data(model: meria_model.MeriaModel, config: ml_collections
             view.global_batch_size = int(g.batch_size)
         if decoder is None:
             decoder = SoftPromptDecoder(model, "mcoe_llm", view.tokenizer_path,
-                                        max_utterances=int(config.data.max_utterances), use_ugf=bool(config.use_ugf))
+                                        max_utterances=int(config.data.max_utterances), use_ugf=bool(config.use_ugf),
+                                        agreement_temperature=agreement_temperature(config))
         log.info("generating M-CoE for the %s split with the trained M-CoE LLM", split)
         generated[split] = generate_split(decoder, view, max_new_tokens=int(g.max_new_tokens),
                                           limit=int(g.get("limit", 0) or 0))
@@ -154,6 +166,8 @@ def prepare_generated_data(model: meria_model.MeriaModel, config: ml_collections
 
 class MeriaPredictor:
     """predict() for evaluation, with the decoders and prompt builder built once per model.
+    No gold field reaches either LLM: the chain prompt is soft tokens + dialogue, and the
+    response prompt is built in inference mode (an empty chain stays empty, `chain_empty`).
 
     use_mcoe: soft prompts -> the M-CoE LLM writes the chain (budget: generation.max_new_tokens,
     the one stage 3 generated with) -> the Response LLM reads it + the dialogue
@@ -167,7 +181,8 @@ class MeriaPredictor:
         self.use_mcoe = bool(config.use_mcoe)
         self.chain_decoder = SoftPromptDecoder(
             model, "mcoe_llm" if self.use_mcoe else "response_llm", soft_view.tokenizer_path,
-            max_utterances=int(config.data.max_utterances), use_ugf=bool(config.use_ugf))
+            max_utterances=int(config.data.max_utterances), use_ugf=bool(config.use_ugf),
+            agreement_temperature=agreement_temperature(config))
         self.response_builder = response_builder
         self.response_generator = None
         if self.use_mcoe:
@@ -181,10 +196,10 @@ class MeriaPredictor:
         ids = [str(x) for x, k in zip(batch["example_id"], keep) if k]
         first = int(self.config.generation.max_new_tokens) if self.use_mcoe else max_new_tokens
         texts = [t for t, k in zip(self.chain_decoder.decode(batch, first), keep) if k]
+        prompts: list[list[int]] = []
         if not self.use_mcoe:
             raws, chains = texts, [""] * len(texts)
         else:
-            prompts = []
             for e, chain in zip(ids, texts):
                 if e not in recs:
                     raise KeyError(f"example {e!r} has no record in the evaluated data")
@@ -193,8 +208,15 @@ class MeriaPredictor:
                 prompts, SamplingConfig(max_new_tokens=max_new_tokens)).texts if prompts else []
             chains = texts
         rows = []
-        for chain, raw in zip(chains, raws):
+        for i, (chain, raw) in enumerate(zip(chains, raws)):
             emotion, response = common.split_emotion_response(raw)
-            rows.append({"generated_chain": chain, "response": response, "predicted_emotion": emotion,
-                         "raw": raw})
+            row = {"generated_chain": chain, "response": response, "predicted_emotion": emotion, "raw": raw}
+            if self.use_mcoe:  # the Response LLM's exact prompt; an empty chain is shown as empty
+                row.update(chain_empty=not chain, response_prompt_ids=prompts[i])
+            rows.append(row)
         return rows
+
+    def soft_prompts(self, batch: dict):
+        """The chain decoder's prompt embeddings of a batch (soft prompts spliced in)."""
+        dev = {k: jnp.asarray(v) for k, v in batch.items() if np.asarray(v).dtype.kind not in "USO"}
+        return self.chain_decoder._embeds(dev)

@@ -36,6 +36,41 @@ log = logging.getLogger(__name__)
 
 # Model-block fields a caller may override at load time (inference-only knobs).
 MODEL_OVERRIDES = ("dtype", "param_dtype", "remat")
+# Config paths an evaluation may change on top of a workdir's saved config: how it decodes and
+# reads data, never what was trained (shapes, system, adapters, stages).
+EVAL_OVERRIDE_PREFIXES = ("generation.", "data.", "mesh.", "log.", "distributed.")
+FROZEN_DATA_FIELDS = ("data.feature_dims", "data.soft_tokens_per_slot", "data.soft_modalities",
+                      "data.normalize_features", "data.train_split")
+
+
+def check_eval_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
+    """Raises ValueError on an override that would change the trained model or that names no field."""
+    for path in overrides:
+        model_knob = path.rsplit(".", 1)[-1] in MODEL_OVERRIDES and path.split(".", 1)[0].endswith("model")
+        if not (model_knob or path.startswith(EVAL_OVERRIDE_PREFIXES)) or path in FROZEN_DATA_FIELDS:
+            raise ValueError(
+                f"--config.{path} would change the trained model (its shapes, system, adapters or "
+                f"stages are fixed by the workdir's config.json); an evaluation may override "
+                f"{', '.join(p + '*' for p in EVAL_OVERRIDE_PREFIXES)} (except {', '.join(FROZEN_DATA_FIELDS)}) "
+                f"and <model block>.{{{','.join(MODEL_OVERRIDES)}}}")
+        node = config
+        parts = path.split(".")
+        for key in parts[:-1]:
+            node = node.get(key) if isinstance(node, ml_collections.ConfigDict) else None
+        if not isinstance(node, ml_collections.ConfigDict) or parts[-1] not in node:
+            raise ValueError(f"--config.{path}: the workdir's config.json has no such field")
+
+
+def apply_eval_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
+    """Sets the checked `overrides` ({dotted path: value}) on `config`, in place."""
+    check_eval_overrides(config, overrides)
+    with config.unlocked():
+        for path, value in overrides.items():
+            *parents, leaf = path.split(".")
+            node = config
+            for key in parents:
+                node = node[key]
+            node[leaf] = list(value) if isinstance(value, tuple) and isinstance(node[leaf], list) else value
 
 
 def read_config(workdir: str) -> dict | None:
@@ -88,14 +123,9 @@ def tokenizer_path(config: ml_collections.ConfigDict, which: str = "response") -
     return base_path(config, which)
 
 
-def _rules(rules) -> tuple:
-    """config.mesh.rules after a JSON round trip (lists) -> the tuples `logical_rules` wants."""
-    return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
-
-
 def load_workdir(workdir: str, *, which: str = "response", mesh=None, step: int | None = None,
-                 best: bool = False, with_tokenizer: bool = True, overrides: dict | None = None
-                 ) -> tuple[Any, Any, dict]:
+                 best: bool = False, with_tokenizer: bool = True, overrides: dict | None = None,
+                 config_overrides: dict | None = None) -> tuple[Any, Any, dict]:
     """(CausalLM, tokenizer or None, info) of a training workdir.
 
     `step` picks a checkpoint (no fallback); without it the newest one that restores is used and
@@ -109,6 +139,8 @@ def load_workdir(workdir: str, *, which: str = "response", mesh=None, step: int 
         raise ValueError(f"{workdir} is not a training workdir (no config.json with a 'system' key; "
                          "launch/train.py writes one)")
     config = ml_collections.ConfigDict(conf)
+    if config_overrides:
+        apply_eval_overrides(config, config_overrides)
     sub = "best" if best else "checkpoints"
     ckpt_dir = os.path.join(workdir, sub)
     if not os.path.isdir(ckpt_dir):
@@ -142,7 +174,7 @@ def load_workdir(workdir: str, *, which: str = "response", mesh=None, step: int 
         system = get_system(config.system)(config)
         mesh = mesh if mesh is not None else shd.make_mesh(1, -1, 1)
         rules = config.mesh.get("rules") if config.get("mesh") is not None else None
-        with shd.logical_rules(_rules(rules) if rules else shd.LOGICAL_RULES):
+        with shd.logical_rules(rules):
             model = system.build(mesh)
 
         def restore(s: int, meta: dict):

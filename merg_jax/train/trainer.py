@@ -112,7 +112,7 @@ class Trainer:
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("data ready")
-        with shd.logical_rules(self.config.mesh.rules or shd.LOGICAL_RULES):
+        with shd.logical_rules(self.config.mesh.rules):
             self.model = self.system.build(self.mesh)
         for name, s in self.stages:
             partition.check_patterns(self.model, s.trainable, f"stages.{name}.trainable")
