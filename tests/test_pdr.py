@@ -326,3 +326,81 @@ def test_default_profile_classes_match_the_schema():
     assert dict(cfg.profile_classes) == {"age": len(schema.PROFILE_AGES), "gender": len(schema.PROFILE_GENDERS),
                                          "timbre": len(schema.PROFILE_TIMBRES)}
 
+
+
+def test_identity_terms_carry_delta1_and_delta2():
+    """Eq. 5 with speakers and profile labels known: δ1 weighs the triplet, δ2 the profile CE
+    (a swap of the two weights, or a term dropped, changes `identity` and `total`)."""
+    out, feats = _hand_output()
+    logits = {"audio": {"age": jnp.array([[0.0, math.log(3.0)], [2.0, 0.0]])},
+              "video": {"age": jnp.array([[1.0, 1.0], [0.0, 0.0]])}}
+    out = PDROutput(out.latents, out.recon, logits)
+    base = PDRConfig(feature_dims={"audio": 2, "video": 2, "text": 2}, beta=0.5, alpha=0.25, gamma=2.0,
+                     profile_classes={"age": 2})
+    _, t0 = pdr_losses(base, out, feats)  # no identity supervision
+    # audio: -log 3/4 and -log e²/(e²+1); video: uniform logits, log 2 per row
+    cls_hand = (-math.log(0.75) - math.log(math.exp(2) / (math.exp(2) + 1))) / 2 + math.log(2.0)
+    cfg = PDRConfig(feature_dims=base.feature_dims, beta=0.5, alpha=0.25, gamma=2.0, delta1=2.0, delta2=5.0,
+                    profile_classes={"age": 2})
+    # one row per speaker: no positive pair, so the triplet is 0 and only δ2 · cls remains
+    total, t = pdr_losses(cfg, out, feats, speaker_ids=jnp.array([0, 1]), profile_labels={"age": jnp.array([1, 0])})
+    np.testing.assert_allclose([t["triplet"], t["cls"]], [0.0, cls_hand], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(total, t0["total"] + 5.0 * cls_hand, rtol=1e-5)
+
+    # three rows, speakers (0, 0, 1): a triplet that is not 0, so δ1 and δ2 are told apart
+    z_a = jnp.array([[0.0, 0.0], [3.0, 0.0], [0.0, 1.0]])
+    z_v = jnp.array([[0.0, 0.0], [0.0, 2.0], [0.0, 5.0]])
+    lat3 = {m: {k: _lat(jnp.zeros((3, 2))) for k in ("S", "P", "I")} for m in ("audio", "video")}
+    lat3["audio"]["I"], lat3["video"]["I"] = _lat(z_a), _lat(z_v)
+    lat3["text"] = {k: _lat(jnp.zeros((3, 2))) for k in ("S", "P")}
+    zeros = {m: jnp.zeros((3, 2)) for m in MODALITIES}
+    out3 = PDROutput(lat3, zeros, {"audio": {"age": jnp.zeros((3, 2))}, "video": {"age": jnp.zeros((3, 2))}})
+    # audio: anchor 0: pos 3, neg 1 -> 3; anchor 1: pos 3, neg √10 -> 3 - √10 + 1; anchor 2: no positive
+    # video: anchor 0: pos 2, neg 5 -> 0 (hinge); anchor 1: pos 2, neg 3 -> 0
+    trip_hand = (3.0 + (4.0 - math.sqrt(10.0))) / 2 + 0.0
+    cls3 = 2 * math.log(2.0)  # uniform logits, audio + video
+    got = []
+    for d1, d2 in ((2.0, 5.0), (5.0, 2.0)):
+        cfg = PDRConfig(feature_dims=base.feature_dims, delta1=d1, delta2=d2, profile_classes={"age": 2})
+        _, t = pdr_losses(cfg, out3, zeros, speaker_ids=jnp.array([0, 0, 1]),
+                          profile_labels={"age": jnp.array([0, 1, 0])})
+        np.testing.assert_allclose([t["triplet"], t["cls"]], [trip_hand, cls3], rtol=1e-5)
+        np.testing.assert_allclose(t["identity"], d1 * trip_hand + d2 * cls3, rtol=1e-5)
+        got.append(float(t["identity"]))
+    assert abs(got[0] - got[1]) > 0.1
+
+
+def test_training_mode_decodes_the_sampled_latents():
+    """deterministic=False: every Z is μ + σ ε (not μ), and the decoders read those samples."""
+    cfg = PDRConfig(**dict(TINY, dropout=0.0))
+    model = PDR(cfg, rngs=nnx.Rngs(0))
+    feats = {m: jax.random.normal(jax.random.key(i), (4, d)) for i, (m, d) in enumerate(cfg.feature_dims.items())}
+    det = model(feats, deterministic=True)
+    out = model(feats, key=jax.random.key(7), deterministic=False)
+    for m in MODALITIES:
+        for k, lat in out.latents[m].items():
+            np.testing.assert_allclose(lat.mu, det.latents[m][k].mu, rtol=1e-6)  # no dropout: same posterior
+            assert float(jnp.max(jnp.abs(lat.z - lat.mu))) > 1e-3, (m, k)  # a sample, not the mean
+            eps = (lat.z - lat.mu) / jnp.exp(0.5 * lat.logvar)
+            assert 0.3 < float(jnp.std(eps)) < 3.0  # a standard-normal draw scaled by σ
+        z = jnp.concatenate([out.latents[m][k].z for k in out.latents[m]], -1)
+        np.testing.assert_allclose(out.recon[m], model.decoders[m](z, None), rtol=1e-5, atol=1e-6)
+        assert not np.allclose(out.recon[m], det.recon[m], atol=1e-4)
+
+
+def test_agreement_pooling_by_hand():
+    """Our agreement-weighted pooling: softmax_u(-τ (1 - cos(μ_S^A, μ_S^V))) over present rows;
+    τ = 0 is the paper's plain mean."""
+    lat = {"audio": {"S": _lat([[1, 0], [1, 0], [0, 1]]), "P": _lat(jnp.zeros((3, 2))), "I": _lat(jnp.zeros((3, 2)))},
+           "video": {"S": _lat([[1, 0], [0, 1], [0, 1]]), "P": _lat(jnp.zeros((3, 2))), "I": _lat(jnp.zeros((3, 2)))},
+           "text": {"S": _lat([[1, 1], [1, 1], [1, 1]]), "P": _lat(jnp.zeros((3, 2)))}}
+    f = F.ugf(PDROutput(lat, {}, {}), None, use_ugf=False)
+    rows = jnp.array([True, True, False])
+    # row 0 agrees (1 - cos = 0), row 1 disagrees (1 - cos = 1), row 2 absent
+    w = F.agreement_row_weights(f, rows, 2.0)
+    np.testing.assert_allclose(w, [1 / (1 + math.exp(-2)), math.exp(-2) / (1 + math.exp(-2)), 0.0], rtol=1e-6)
+    pooled = F.pool_fusion(f, rows, 2.0)
+    np.testing.assert_allclose(pooled.shared, w[0] * np.asarray(f.shared[0]) + w[1] * np.asarray(f.shared[1]),
+                               rtol=1e-6)
+    np.testing.assert_allclose(F.pool_fusion(f, rows).shared, (np.asarray(f.shared[0]) + np.asarray(f.shared[1])) / 2,
+                               rtol=1e-6)

@@ -103,15 +103,31 @@ def ugf(out: PDROutput, masks: Mapping[str, jax.Array] | None = None, *, eps: fl
                         weights=weights, certainty=certainty)
 
 
-def pool_rows(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of x [..., U, D] over the utterance axis where mask [..., U] holds; zeros if none."""
+def pool_rows(x: jax.Array, mask: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Mean of x [..., U, D] over the utterance axis where mask [..., U] holds (zeros if none);
+    with `weights` [..., U] (summing to 1 over the present rows) their weighted sum instead."""
+    if weights is not None:
+        return jnp.sum(jnp.where(mask[..., None], weights[..., None] * x, 0.0), axis=-2)
     m = mask[..., None].astype(x.dtype)
     return jnp.sum(jnp.where(mask[..., None], x, 0.0), axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1)
 
 
-def pool_fusion(fusion: FusionOutput, mask: jax.Array) -> FusionOutput:
-    """Dialogue-level signals: every FusionOutput field pooled over present utterances."""
-    return FusionOutput(*(pool_rows(f, mask) for f in fusion))
+def agreement_row_weights(fusion: FusionOutput, mask: jax.Array, temperature: float) -> jax.Array:
+    """[..., U] pooling weights softmax_u(-τ · (1 − cos(μ_S^A, μ_S^V))) over present rows.
+
+    OURS, not the paper's: eq. 7's gate is per utterance and reads each modality's own private
+    variance, which a clip that shows another emotion does not raise (the encoder of one
+    modality cannot know what the other shows).  Cross-modal disagreement can: utterances whose
+    voice and face disagree count less in the dialogue-level signals.  τ = 0: the plain mean.
+    """
+    return masked_softmax(-temperature * fusion.conflict[..., 1], mask)
+
+
+def pool_fusion(fusion: FusionOutput, mask: jax.Array, agreement_temperature: float = 0.0) -> FusionOutput:
+    """Dialogue-level signals: every FusionOutput field pooled over present utterances (the
+    mean; with agreement_temperature > 0 weighted by `agreement_row_weights`)."""
+    w = agreement_row_weights(fusion, mask, agreement_temperature) if agreement_temperature else None
+    return FusionOutput(*(pool_rows(f, mask, w) for f in fusion))
 
 
 def fusion_signals(fusion: FusionOutput) -> dict[str, jax.Array]:

@@ -71,8 +71,10 @@ def features(batch, model=None) -> tuple[dict, dict]:
     return feats, masks
 
 
-def soft_table(model: MeriaModel, batch: dict, *, max_utterances: int, use_ugf: bool) -> jax.Array:
-    """[B, P, 5, K, E]: per packed segment, the projected virtual tokens of every signal."""
+def soft_table(model: MeriaModel, batch: dict, *, max_utterances: int, use_ugf: bool,
+               agreement_temperature: float = 0.0) -> jax.Array:
+    """[B, P, 5, K, E]: per packed segment, the projected virtual tokens of every signal
+    (utterances pooled by `fusion.pool_fusion`, agreement-weighted when the temperature > 0)."""
     feats, masks = features(batch, model)
     if model.pdr is not None and model.adapter is None:
         out = model.pdr(feats, deterministic=True)
@@ -85,7 +87,8 @@ def soft_table(model: MeriaModel, batch: dict, *, max_utterances: int, use_ugf: 
     p = max(1, rows // u)
     row_mask = masks["audio"] | masks["video"] | masks["text"]
     seg = lambda x: x.reshape(b, p, rows // p, *x.shape[2:])
-    pooled = fusion_lib.pool_fusion(fusion_lib.FusionOutput(*(seg(f) for f in fused)), seg(row_mask))
+    pooled = fusion_lib.pool_fusion(fusion_lib.FusionOutput(*(seg(f) for f in fused)), seg(row_mask),
+                                    agreement_temperature)
     per = model.projectors(pooled)  # signal -> [B, P, K, E]
     return jnp.stack([per[s] for s in fusion_lib.SIGNALS], axis=2)
 
@@ -102,9 +105,11 @@ def soft_values(table: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
     return vals, ok
 
 
-def soft_embeds(model: MeriaModel, llm, batch: dict, *, max_utterances: int, use_ugf: bool) -> jax.Array:
+def soft_embeds(model: MeriaModel, llm, batch: dict, *, max_utterances: int, use_ugf: bool,
+                agreement_temperature: float = 0.0) -> jax.Array:
     """The token embeddings of input_ids with the virtual tokens spliced at the slots."""
-    table = soft_table(model, batch, max_utterances=max_utterances, use_ugf=use_ugf)
+    table = soft_table(model, batch, max_utterances=max_utterances, use_ugf=use_ugf,
+                       agreement_temperature=agreement_temperature)
     vals, ok = soft_values(table, batch)
     emb = llm.embed(batch["input_ids"])
     return splice(emb, batch["soft_positions"], ok, vals)
