@@ -56,3 +56,23 @@ def test_train_step_random_8b_path_on_a_tiny_model():
                           "--steps=2"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "merg-jax (runtime)" in res.stdout and "ok True" in res.stdout, res.stdout
+
+
+def test_ugf_conflict_clip_kinds_concat_and_report():
+    uc = _module("ugf_conflict")
+    assert uc._kind({"conflict": None}) == "agree"
+    assert uc._kind({"conflict": "video", "video_emotion": "noise"}) == "video_noise"
+    assert uc._kind({"conflict": "audio", "audio_emotion": "sad"}) == "audio_other"
+    import numpy as np
+    part = {"feats": {"audio": np.zeros((2, 3))}, "masks": {"audio": np.ones(2, bool)}, "label": np.array([1, 2]),
+            "kind": np.array(["agree", "agree"]), "examples": [([0, 1], 1)]}
+    both = uc._concat([part, part])
+    assert both["examples"] == [([0, 1], 1), ([2, 3], 1)] and both["feats"]["audio"].shape == (4, 3)
+    run = {f"n_{k}": 1 for k in uc.KINDS}
+    run.update({f"{c}/{k}": 0.5 for c in ("var_P_audio", "var_P_video", "w_audio", "w_video", "acc_ugf", "acc_mean")
+                for k in uc.KINDS + ("all",)})
+    run.update(dialogue_acc_ugf=0.4, dialogue_acc_mean=0.3, dialogue_acc_agree=0.2, final_pdr_loss=5.0,
+               n_test_examples=9)
+    other = dict(run, dialogue_acc_ugf=0.6)
+    text = uc.report({0.001: [run, other]}, {}, [0, 1])
+    assert "2 seeds (0,1)" in text and "| 0.001 | 0.500 ± 0.100 | 0.300 ± 0.000 |" in text
