@@ -150,6 +150,16 @@ def test_soft_tokens_land_at_slot_positions(built):
     masks = {m: b[m + "_mask"] for m in ("audio", "video", "text")}
     out = model.pdr(feats, deterministic=True)
     fu = fusion.ugf(out, masks)
+    # Z_S^F by hand (eq. 6-8 in numpy): certainty 1/mean σ²_P, softmax over present modalities
+    mods = ("audio", "video", "text")
+    present = np.stack([np.asarray(masks[m]) for m in mods], -1)
+    cert = np.stack([1.0 / (np.exp(np.asarray(out.latents[m]["P"].logvar, np.float64)).mean(-1) + 1e-6)
+                     for m in mods], -1)
+    e = np.where(present, np.exp(cert - np.where(present, cert, -np.inf).max(-1, keepdims=True)), 0.0)
+    w = e / np.maximum(e.sum(-1, keepdims=True), 1e-30)
+    shared = np.einsum("...m,...ml->...l", w, np.stack([np.asarray(out.latents[m]["S"].mu) for m in mods], -2))
+    np.testing.assert_allclose(np.asarray(fu.shared), shared, rtol=1e-4, atol=1e-5)
+    fu = fu._replace(shared=jnp.asarray(shared, jnp.float32))
     rows = masks["audio"] | masks["video"] | masks["text"]
     per = model.projectors(fusion.pool_fusion(fu, rows))
     for r in range(b["input_ids"].shape[0]):
