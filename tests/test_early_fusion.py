@@ -226,7 +226,10 @@ def test_predict_matches_a_cache_free_decode_of_the_soft_prompt(built):
     assert all(r["generated_chain"] == "" and r["predicted_emotion"] == "" for r in rows)
     want = _reference_decode(system, model, batch, 5, tok)
     texts = [tok.decode(w, skip_special_tokens=True).strip() for w in want]
-    assert [r["raw"] for r in rows] == [r["response"] for r in rows] == [texts[0], texts[2]]
+    assert [r["raw"] for r in rows] == [texts[0], texts[2]]
+    # Listing 1 asks for the next line: the response is the first non-empty line of the text
+    assert [r["response"] for r in rows] == [next(x.strip() for x in t.splitlines() if x.strip())
+                                             for t in (texts[0], texts[2])]
     # the comparison can fail: several tokens per row, rows that differ
     assert all(len(w) == 5 for w in want) and texts[0] and texts[0] != texts[2], texts
     # the cached decoder built for this model is reused, and gives the same rows again
@@ -253,3 +256,11 @@ def test_soft_prompts_reach_the_first_generated_token(built):
     diff = np.abs(np.asarray(dec.embeds(batch)) - np.asarray(dec.embeds(zero))).max(-1)
     slots = {int(p) for p, m in zip(batch["soft_positions"][0], batch["soft_mask"][0]) if m}
     assert {int(i) for i in np.flatnonzero(diff[0] > 0)} == slots
+
+
+def test_first_line_for_single_line_targets():
+    from merg_jax.systems import common
+    assert common.first_line("\n  That sounds hard.  \n\n### TASK ###\nRoss: hi") == "That sounds hard."
+    assert common.first_line(" \n\n") == ""
+    assert common.single_line_target("listing1") and common.single_line_target("early_fusion")
+    assert not common.single_line_target("text_response") and not common.single_line_target("nope")

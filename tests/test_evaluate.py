@@ -102,6 +102,7 @@ def test_untrained_preset_saves_the_model_as_loaded_and_evaluates(tmp_path, capl
     import jax.numpy as jnp
 
     from merg_jax.convert.loading import load_pretrained
+    from merg_jax.systems import common
     from merg_jax.systems.jobs import evaluate_workdir, make_trainer
     from merg_jax.systems.workdir import load_workdir
     c = _config("text_baseline", "pretrained_smoke", tmp_path, {"train": 4, "valid": 4})
@@ -123,8 +124,10 @@ def test_untrained_preset_saves_the_model_as_loaded_and_evaluates(tmp_path, capl
 
     again = make_trainer(c, w).train()  # a re-run resumes: done, nothing new
     assert again["status"] == "done" and os.listdir(os.path.join(w, "checkpoints")) == ["0"]
-    m = evaluate_workdir(w, split="valid", max_examples=4, batch_size=2, max_new_tokens=4, bertscore=False)
+    m = evaluate_workdir(w, split="valid", max_examples=4, batch_size=2, max_new_tokens=8, bertscore=False)
     assert m["step"] == 0 and m["n"] == 4 and m["system"] == "text_baseline"
+    rows = [json.loads(line) for line in open(os.path.join(w, "eval_valid", "predictions.jsonl"))]
+    assert all(r["response"] == common.first_line(r["raw_output"]) for r in rows)  # Listing 1: one line
 
 
 def test_early_fusion_trains_and_evaluates_through_the_cli(tmp_path):
@@ -132,6 +135,7 @@ def test_early_fusion_trains_and_evaluates_through_the_cli(tmp_path):
     import subprocess
     import sys
 
+    from merg_jax.systems import common
     from merg_jax.systems.jobs import make_trainer
     c = _config("early_fusion", "smoke", tmp_path, {"train": 8, "valid": 4})
     c.model.fusion_dim = 16
@@ -148,6 +152,7 @@ def test_early_fusion_trains_and_evaluates_through_the_cli(tmp_path):
     rows = [json.loads(line) for line in open(os.path.join(out, "predictions.jsonl"))]
     assert m["system"] == "early_fusion" and m["step"] == 2 and m["n"] == len(rows) == 4
     assert all(r["generated_chain"] == "" and r["predicted_emotion_text"] == "" for r in rows)
-    assert all(r["response"] == r["raw_output"] != "" for r in rows)  # the whole generation is the response
+    # Listing 1's target is one line: the response is the generation's first non-empty line
+    assert all(r["response"] == common.first_line(r["raw_output"]) != "" for r in rows)
     # a peaky random model (init std 0.5) is far worse than uniform: just finite and > 1
     assert 1.0 < m["ppl_context"] < float("inf") and "polarity_sentiment" in m and "dist_2_corpus" in m

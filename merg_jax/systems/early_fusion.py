@@ -31,8 +31,9 @@ placeholder embeddings at `soft_positions` before the decoder runs.
 
 Inference (`predict`) splices the same soft tokens (features normalised as in training)
 and continues the embeddings with the one decoder, `Generator.generate_embeds`, greedy.
-The target is the bare next line (Listing 1), so the whole generation is the response;
-this system states no emotion.
+The target is the bare next line (Listing 1), so the response is the generation's first
+non-empty line (`raw` keeps the whole text; common.first_line says why); this system
+states no emotion.
 """
 from __future__ import annotations
 
@@ -113,20 +114,21 @@ class EarlyFusion(System):
         """Greedy responses for the real examples (example_mask 1) of a prompt-only batch."""
         keep = [bool(k) for k in batch.get("example_mask", [1] * len(batch["input_ids"]))]
         texts = self._decoder(model, tokenizer).decode(batch, max_new_tokens)
-        return [{"generated_chain": "", "response": t, "predicted_emotion": "", "raw": t}
-                for t, k in zip(texts, keep) if k]
+        one_line = common.single_line_target(common.eval_template(self.config, self.eval_stage()))
+        return [{"generated_chain": "", "response": common.first_line(t) if one_line else t,
+                 "predicted_emotion": "", "raw": t} for t, k in zip(texts, keep) if k]
 
-    def _decoder(self, model, tokenizer) -> "SoftPromptDecoder":
+    def _decoder(self, model, tokenizer) -> "EarlyFusionDecoder":
         hit = getattr(self, "_decoder_cache", None)
         if hit is None or hit[0] is not model or hit[1] is not tokenizer:
-            self._decoder_cache = hit = (model, tokenizer, SoftPromptDecoder(model, self._norm, tokenizer))
+            self._decoder_cache = hit = (model, tokenizer, EarlyFusionDecoder(model, self._norm, tokenizer))
         return hit[2]
 
     def llm(self, model, which: str = "response"):
         return model.llm
 
 
-class SoftPromptDecoder:
+class EarlyFusionDecoder:
     """Soft prompts spliced into a batch's embeddings (jitted), continued by the one decoder."""
 
     def __init__(self, model: "EarlyFusionModel", norm: common.FeatureNorm, tokenizer):
