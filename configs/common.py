@@ -23,7 +23,7 @@ def stage(name: str, *, trainable, steps: int = 0, epochs: float = 0.0, data: di
     c.name = name
     c.trainable = tuple(trainable)  # regexes over parameter paths; what does not match stays frozen
     c.steps = steps  # > 0 wins over epochs
-    c.epochs = epochs
+    c.epochs = epochs  # steps = epochs = 0: the stage trains nothing (the model as loaded is saved)
     c.data = ml_collections.ConfigDict(data or {})  # overrides of config.data for this stage's view
     c.learning_rate = learning_rate  # 0 = optimizer.learning_rate
     c.update(extra)

@@ -1,7 +1,9 @@
 """The early-fusion paper's (MELD report) ImageBind MLLM: an early-fused audio+video soft prompt
-prepended to Listing 1, LoRA on the LLM.
+prepended to Listing 1, LoRA on the LLM.  Table 3's "Empathetic MLLM (text + audio + video)" row
+(its text-only rows are configs/text_baseline.py:pretrained_* and :finetuned_*).
 
     python launch/train.py --config=configs/early_fusion.py[:preset] --workdir=DIR
+    python launch/evaluate.py --config=configs/early_fusion.py[:preset] --workdir=DIR
 
 One stage `sft` trains the projector, the per-modality maps and the LLM's LoRA
 (see merg_jax/systems/early_fusion.py for which part is the paper's and which is ours).
@@ -11,6 +13,16 @@ Presets:
   llama3_8b    Llama-3-8B-Instruct, LoRA r 8, alpha 16, dropout 0.1 (the early-fusion paper's)
   mistral_7b   Mistral-7B-Instruct-v0.3, same LoRA
 The 7B/8B presets need --config.model.path=/local/weights (no downloads at run time).
+bench/meld_table.py lists the train/evaluate commands of every row.
+
+The paper's values: Llama-3-8B-Instruct and Mistral-7B-Instruct-v0.3; LoRA r 8, alpha 16,
+dropout 0.1; the audio and video embeddings summed and one trainable linear projector into
+the LLM's embedding space, prepended to Listing 1 (template `early_fusion`); a 1024-d joint
+space (ImageBind's, `model.fusion_dim`); one projected embedding per slot (K = 1).
+Ours: a trained linear map per modality to the joint width (our features are not
+ImageBind's), one slot per history utterance, LoRA on q/k/v/o, bfloat16 weights instead of
+4-bit QLoRA, learning rate 2e-4, 3 epochs, batch 32, sequence buckets 512-2048, remat; at
+smoke scale SmolLM2-135M-Instruct, fusion_dim 256, batch 8, learning rate 1e-3.
 """
 from __future__ import annotations
 

@@ -60,3 +60,29 @@ def test_every_preset_builds(name):
     assert m.get_config().preset == "smoke"
     with pytest.raises(ValueError, match="unknown preset"):
         m.get_config("no_such_preset")
+
+
+def test_meld_table_presets_carry_the_papers_values():
+    """The early-fusion paper's Table 3 rows: pretrained = fine-tuned config with 0 steps; the
+    paper's LoRA (r 8, alpha 16, dropout 0.1), backbones and Listing 1 prompt."""
+    from configs import early_fusion, text_baseline
+    hints = {"llama3_8b": "Meta-Llama-3-8B-Instruct", "mistral_7b": "Mistral-7B-Instruct-v0.3"}
+    for backbone in ("smoke", "llama3_8b", "mistral_7b"):
+        pre = text_baseline.get_config(f"pretrained_{backbone}")
+        fine = text_baseline.get_config(f"finetuned_{backbone}")
+        multi = early_fusion.get_config(backbone)
+        assert (pre.stages.sft.steps, pre.stages.sft.epochs) == (0, 0) and fine.stages.sft.epochs > 0
+        assert pre.data.template == fine.data.template == "listing1" and multi.data.template == "early_fusion"
+        for c in (pre, fine, multi):
+            lora = c.model.lora
+            assert (lora.rank, lora.alpha, lora.dropout) == (8, 16.0, 0.1)
+            assert c.model.get("path_hint", "") == hints.get(backbone, "")
+        # the rows differ only where the paper's rows do
+        a, b = pre.to_dict(), fine.to_dict()
+        for d in (a, b):
+            d.pop("preset")
+            d["stages"]["sft"].pop("steps")
+            d["stages"]["sft"].pop("epochs")
+        assert a == b
+    assert text_baseline.get_config("finetuned_llama3_8b").to_dict() == \
+        dict(text_baseline.get_config("llama3_8b").to_dict(), preset="finetuned_llama3_8b")

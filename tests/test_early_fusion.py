@@ -156,3 +156,111 @@ def test_two_step_trainer_run(tmp_path):
     assert any("embed_tokens" in k for k in frozen) and any(k.endswith("q_proj/kernel") for k in frozen)
     for k in frozen:
         np.testing.assert_array_equal(after[k], before[k], err_msg=f"frozen {k} changed")
+
+
+# ----------------------------------------------------------------------------- predict
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """An EarlyFusion system on the toy data with a tiny random Llama (SmolLM2's vocabulary)."""
+    from configs.early_fusion import get_config
+    from merg_jax.core import sharding as shd
+    from merg_jax.core.assets import smollm2_gguf
+    from merg_jax.core.tokenizer import load_tokenizer
+    from merg_jax.systems.early_fusion import EarlyFusion
+
+    root = tmp_path_factory.mktemp("ef_predict")
+    c = get_config("smoke")
+    c.model.path = write_tiny_llama(str(root / "tiny"), init_range=0.5)
+    c.model.fusion_dim = 16
+    c.data.data_dir = write_toy_data(str(root / "data"), {"train": 12, "valid": 6})
+    c.data.tokenizer_path = smollm2_gguf()
+    c.data.seq_buckets = (256,)
+    c.data.max_utterances = 3
+    c.data.soft_tokens_per_slot = 2
+    system = EarlyFusion(c)
+    system.validate()
+    model = system.build(shd.make_mesh(1, -1, 1))
+    return c, system, model, load_tokenizer(smollm2_gguf())
+
+
+def _prompt_batch(config, system, n: int = 3) -> dict:
+    from input_pipeline.pipeline import make_iterator
+    view = system.data_config(system.eval_stage(), "valid", train=False)
+    with view.unlocked():
+        view.include_target = False
+        view.global_batch_size = n
+    return next(make_iterator(view))
+
+
+def _reference_decode(system, model, batch, n_new: int, tok) -> list[list[int]]:
+    """Greedy tokens without any KV cache: per row the full forward over its soft-prompt
+    embeddings (features normalised as in training) + the tokens chosen so far."""
+    dev = {k: jnp.asarray(v) for k, v in batch.items() if np.asarray(v).dtype.kind not in "USO"}
+    dev.update(audio=system._norm("audio", dev["audio"]), video=system._norm("video", dev["video"]))
+    emb = soft_embeds(model, dev)
+    eos = {int(tok.eos_token_id)} | {int(e) for e in np.atleast_1d(model.llm.config.eos_token_id or [])}
+    out = []
+    for i in range(emb.shape[0]):
+        real = np.flatnonzero(np.asarray(batch["attention_mask"][i]))
+        x, row = emb[i:i + 1, real], []
+        for _ in range(n_new):
+            nxt = int(jnp.argmax(model.llm(inputs_embeds=x, logits="last").logits[0, -1]))
+            if nxt in eos:
+                break
+            row.append(nxt)
+            x = jnp.concatenate([x, model.llm.embed(jnp.asarray([[nxt]]))], axis=1)
+        out.append(row)
+    return out
+
+
+def test_predict_matches_a_cache_free_decode_of_the_soft_prompt(built):
+    config, system, model, tok = built
+    assert system.eval_stage().name == "sft"
+    batch = _prompt_batch(config, system)
+    assert list(batch["example_mask"]) == [1, 1, 1] and int(batch["soft_mask"].sum()) > 0
+    batch["example_mask"] = np.asarray([1, 0, 1], batch["example_mask"].dtype)  # one padding row
+    rows = system.predict(model, batch, tok, max_new_tokens=5)
+    assert len(rows) == 2
+    assert all(set(r) == {"generated_chain", "response", "predicted_emotion", "raw"} for r in rows)
+    assert all(r["generated_chain"] == "" and r["predicted_emotion"] == "" for r in rows)
+    want = _reference_decode(system, model, batch, 5, tok)
+    texts = [tok.decode(w, skip_special_tokens=True).strip() for w in want]
+    assert [r["raw"] for r in rows] == [texts[0], texts[2]]
+    # Listing 1 asks for the next line: the response is the first non-empty line of the text
+    assert [r["response"] for r in rows] == [next(x.strip() for x in t.splitlines() if x.strip())
+                                             for t in (texts[0], texts[2])]
+    # the comparison can fail: several tokens per row, rows that differ
+    assert all(len(w) == 5 for w in want) and texts[0] and texts[0] != texts[2], texts
+    # the cached decoder built for this model is reused, and gives the same rows again
+    first = system._decoder_cache[2]
+    assert system.predict(model, batch, tok, max_new_tokens=5) == rows and system._decoder_cache[2] is first
+
+
+def test_soft_prompts_reach_the_first_generated_token(built):
+    """Zeroing the audio/video features changes the logits of the first generated step (the
+    soft tokens are not masked away), and predict's decoder sees them."""
+    config, system, model, tok = built
+    batch = _prompt_batch(config, system, n=2)
+    dec = system._decoder(model, tok)
+    zero = dict(batch, audio=np.zeros_like(batch["audio"]), video=np.zeros_like(batch["video"]))
+    real = np.flatnonzero(np.asarray(batch["attention_mask"][0]))
+
+    def first_logits(b):
+        emb = dec.embeds(b)[:1, real]
+        return np.asarray(model.llm(inputs_embeds=emb, logits="last").logits[0, -1])
+
+    base, zeroed = first_logits(batch), first_logits(zero)
+    assert np.abs(base - zeroed).max() > 1e-2
+    # ... while the text tokens stay the same embeddings: only the slots differ
+    diff = np.abs(np.asarray(dec.embeds(batch)) - np.asarray(dec.embeds(zero))).max(-1)
+    slots = {int(p) for p, m in zip(batch["soft_positions"][0], batch["soft_mask"][0]) if m}
+    assert {int(i) for i in np.flatnonzero(diff[0] > 0)} == slots
+
+
+def test_first_line_for_single_line_targets():
+    from merg_jax.systems import common
+    assert common.first_line("\n  That sounds hard.  \n\n### TASK ###\nRoss: hi") == "That sounds hard."
+    assert common.first_line(" \n\n") == ""
+    assert common.single_line_target("listing1") and common.single_line_target("early_fusion")
+    assert not common.single_line_target("text_response") and not common.single_line_target("nope")

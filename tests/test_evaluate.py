@@ -89,3 +89,85 @@ def test_evaluate_writes_consistent_outputs(run, tmp_path, monkeypatch):
     assert "| emotion_acc_coarse |" in open(os.path.join(out, "metrics.md")).read()
     assert os.path.getsize(os.path.join(out, "polarity.png")) > 0
     assert os.path.getsize(os.path.join(out, "training_curves.png")) > 0
+
+
+# ----------------------------------------------------------------------------- the early-fusion paper's rows
+
+def _config(module: str, preset: str, root, sizes: dict[str, int]):
+    import importlib
+
+    from merg_jax.core.assets import smollm2_gguf
+    c = importlib.import_module(f"configs.{module}").get_config(preset)
+    c.model.path = write_tiny_llama(str(root / "tiny"), init_range=0.5)
+    c.data.data_dir = write_toy_data(str(root / "data"), sizes)
+    c.data.tokenizer_path = smollm2_gguf()
+    c.data.seq_buckets = (256,)
+    c.data.max_utterances = 3
+    c.data.global_batch_size = 2
+    c.checkpoint.async_save = False
+    return c
+
+
+def test_untrained_preset_saves_the_model_as_loaded_and_evaluates(tmp_path, caplog):
+    """text_baseline:pretrained_smoke (Table 3's pretrained row): 0 steps, a warning saying so,
+    config.json and checkpoint step 0, which loads as exactly the base weights; resuming trains
+    nothing; evaluation scores step 0."""
+    import logging
+
+    import jax.numpy as jnp
+
+    from merg_jax.convert.loading import load_pretrained
+    from merg_jax.systems import common
+    from merg_jax.systems.jobs import evaluate_workdir, make_trainer
+    from merg_jax.systems.workdir import load_workdir
+    c = _config("text_baseline", "pretrained_smoke", tmp_path, {"train": 4, "valid": 4})
+    assert c.data.template == "listing1" and c.stages.sft.steps == 0 and c.stages.sft.epochs == 0
+    w = str(tmp_path / "work")
+    with caplog.at_level(logging.WARNING, logger="merg_jax.train.trainer"):
+        summary = make_trainer(c, w).train()
+    assert summary["status"] == "done" and summary["step"] == 0, summary
+    assert summary["stages"]["sft"] == {"steps": 0, "untrained": True}
+    assert "stage sft has 0 steps" in caplog.text and "nothing trains" in caplog.text
+    assert os.path.isfile(os.path.join(w, "config.json"))
+    assert os.listdir(os.path.join(w, "checkpoints")) == ["0"]
+
+    llm, _, info = load_workdir(w, with_tokenizer=False)
+    base, _ = load_pretrained(c.model.path, with_tokenizer=False)
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 49152, (2, 9)), jnp.int32)
+    np.testing.assert_array_equal(np.asarray(llm(ids).logits), np.asarray(base(ids).logits))
+    assert info["step"] == 0
+
+    again = make_trainer(c, w).train()  # a re-run resumes: done, nothing new
+    assert again["status"] == "done" and os.listdir(os.path.join(w, "checkpoints")) == ["0"]
+    m = evaluate_workdir(w, split="valid", max_examples=4, batch_size=2, max_new_tokens=8, bertscore=False)
+    assert m["step"] == 0 and m["n"] == 4 and m["system"] == "text_baseline"
+    rows = [json.loads(line) for line in open(os.path.join(w, "eval_valid", "predictions.jsonl"))]
+    assert all(r["response"] == common.first_line(r["raw_output"]) for r in rows)  # Listing 1: one line
+
+
+def test_early_fusion_trains_and_evaluates_through_the_cli(tmp_path):
+    """configs/early_fusion.py (smoke, tiny sizes): 2 steps in-process, then launch/evaluate.py."""
+    import subprocess
+    import sys
+
+    from merg_jax.systems import common
+    from merg_jax.systems.jobs import make_trainer
+    c = _config("early_fusion", "smoke", tmp_path, {"train": 8, "valid": 4})
+    c.model.fusion_dim = 16
+    c.stages.sft.steps = 2
+    w = str(tmp_path / "work")
+    assert make_trainer(c, w).train()["status"] == "done"
+    out = str(tmp_path / "eval")
+    res = subprocess.run([sys.executable, "launch/evaluate.py", "--config=configs/early_fusion.py", f"--workdir={w}",
+                          "--split=valid", "--batch_size=2", "--max_new_tokens=4", "--nobertscore", f"--output_dir={out}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": REPO})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "| ppl_context |" in res.stdout and f"outputs: {out}" in res.stdout
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    rows = [json.loads(line) for line in open(os.path.join(out, "predictions.jsonl"))]
+    assert m["system"] == "early_fusion" and m["step"] == 2 and m["n"] == len(rows) == 4
+    assert all(r["generated_chain"] == "" and r["predicted_emotion_text"] == "" for r in rows)
+    # Listing 1's target is one line: the response is the generation's first non-empty line
+    assert all(r["response"] == common.first_line(r["raw_output"]) != "" for r in rows)
+    # a peaky random model (init std 0.5) is far worse than uniform: just finite and > 1
+    assert 1.0 < m["ppl_context"] < float("inf") and "polarity_sentiment" in m and "dist_2_corpus" in m

@@ -58,13 +58,16 @@ def write_toy_data(out_dir: str, sizes: dict[str, int] | None = None, seed: int 
     return out_dir
 
 
-def write_tiny_llama(out_dir: str, seed: int = 0) -> str:
+def write_tiny_llama(out_dir: str, seed: int = 0, init_range: float = 0.02) -> str:
+    """`init_range`: the weights' std (HF's initializer_range); a large one makes greedy decoding
+    depend strongly on the prompt, so decode comparisons cannot pass by emitting one token."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                                   tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+                                   tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                                   initializer_range=init_range)
     transformers.LlamaForCausalLM(cfg).save_pretrained(out_dir, safe_serialization=True)
     return out_dir

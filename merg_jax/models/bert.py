@@ -1,4 +1,4 @@
-"""BERT / RoBERTa encoder in Flax NNX, plus a loader for local HF checkpoints.
+"""BERT / RoBERTa / DistilBERT encoder in Flax NNX, plus a loader for local HF checkpoints.
 
 The text side of the pipeline needs a frozen sentence encoder (all-MiniLM-L6-v2 by
 default) whose outputs match the PyTorch reference, so the layer maths follows HF's
@@ -6,6 +6,13 @@ default) whose outputs match the PyTorch reference, so the layer maths follows H
 stacked on a leading `layers` axis and run under `jax.lax.scan`, which keeps the
 compile time flat in depth.  Parameters carry logical axis names (flax 0.12 stores
 them under the `out_sharding` metadata key) that `merg_jax.core.sharding` maps to a mesh.
+
+DistilBERT lives here rather than in a file of its own because it IS this encoder: HF's
+`DistilBertModel` is BERT's post-LN layer (erf GELU by default, LayerNorm eps 1e-12,
+additive key mask, q scaled by 1/sqrt(d)) with no token-type embeddings and no pooler,
+only its tensor and config names differ.  It runs with one all-zero token-type row, so
+every encoder path (BERTScore, sentence features, the emotion classifier) takes it.
+Weights: safetensors, or a `pytorch_model.bin` converted through `merg_jax.core.torch_bin`.
 """
 from __future__ import annotations
 
@@ -21,11 +28,12 @@ import numpy as np
 from flax import nnx
 
 from merg_jax.core.sharding import constrain
+from merg_jax.core.torch_bin import tensor_directory
 from merg_jax.core.weights import TensorDirectory
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert")
 _ROBERTA_LIKE = ("roberta", "xlm-roberta")
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu" is the exact erf form
@@ -82,6 +90,8 @@ class BertConfig:
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"model_type {model_type!r} is not supported by merg_jax.models.bert; "
                              f"supported: {list(SUPPORTED_MODEL_TYPES)}")
+        if model_type == "distilbert":
+            return cls._from_distilbert(cfg)
         pos_type = cfg.get("position_embedding_type", "absolute")
         if pos_type != "absolute":
             raise ValueError(f"position_embedding_type {pos_type!r} is not supported; only 'absolute'")
@@ -97,6 +107,21 @@ class BertConfig:
                 hidden_act=str(cfg.get("hidden_act", "gelu")), model_type=model_type)
         except KeyError as err:
             raise ValueError(f"HF config lacks required field {err.args[0]!r}") from None
+
+    @classmethod
+    def _from_distilbert(cls, cfg: dict[str, Any]) -> "BertConfig":
+        """DistilBertConfig's names (dim, n_layers, n_heads, hidden_dim, activation); one zero
+        token-type row; HF hard-codes LayerNorm eps 1e-12.  Sinusoidal positions are read from
+        the stored table like learned ones (HF saves it)."""
+        try:
+            return cls(
+                vocab_size=int(cfg["vocab_size"]), hidden_size=int(cfg["dim"]), num_layers=int(cfg["n_layers"]),
+                num_heads=int(cfg["n_heads"]), intermediate_size=int(cfg["hidden_dim"]),
+                max_position_embeddings=int(cfg.get("max_position_embeddings", 512)), type_vocab_size=1,
+                layer_norm_eps=1e-12, pad_token_id=int(cfg.get("pad_token_id") or 0),
+                hidden_act=str(cfg.get("activation", "gelu")), model_type="distilbert")
+        except KeyError as err:
+            raise ValueError(f"DistilBERT config lacks required field {err.args[0]!r}") from None
 
 
 def _pad_id(cfg: dict[str, Any]) -> int:
@@ -323,6 +348,8 @@ def make_sentence_encoder(model: BertModel, pooling: str = "mean", normalize: bo
 
 def _hf_names(cfg: BertConfig) -> dict[tuple[str, str], tuple[list[str], bool]]:
     """(module, param) -> (HF tensor names, one per layer for stacked params; transposed?)."""
+    if cfg.model_type == "distilbert":
+        return _distilbert_names(cfg)
     L = range(cfg.num_layers)
     emb = {("embeddings", "word"): "embeddings.word_embeddings.weight",
            ("embeddings", "position"): "embeddings.position_embeddings.weight",
@@ -343,12 +370,29 @@ def _hf_names(cfg: BertConfig) -> dict[tuple[str, str], tuple[list[str], bool]]:
     return out
 
 
+def _distilbert_names(cfg: BertConfig) -> dict[tuple[str, str], tuple[list[str], bool]]:
+    """DistilBERT's tensor names (no token types, no pooler)."""
+    L = range(cfg.num_layers)
+    emb = {"word": "embeddings.word_embeddings.weight", "position": "embeddings.position_embeddings.weight",
+           "ln_scale": "embeddings.LayerNorm.weight", "ln_bias": "embeddings.LayerNorm.bias"}
+    out = {("embeddings", k): ([v], False) for k, v in emb.items()}
+    layer = {"q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin", "o": "attention.out_lin",
+             "mlp_in": "ffn.lin1", "mlp_out": "ffn.lin2"}
+    for ours, theirs in layer.items():
+        out[("encoder", f"{ours}_kernel")] = ([f"transformer.layer.{i}.{theirs}.weight" for i in L], True)
+        out[("encoder", f"{ours}_bias")] = ([f"transformer.layer.{i}.{theirs}.bias" for i in L], False)
+    for ours, theirs in (("attn_ln", "sa_layer_norm"), ("out_ln", "output_layer_norm")):
+        out[("encoder", f"{ours}_scale")] = ([f"transformer.layer.{i}.{theirs}.weight" for i in L], False)
+        out[("encoder", f"{ours}_bias")] = ([f"transformer.layer.{i}.{theirs}.bias" for i in L], False)
+    return out
+
+
 def _find_prefix(names: Sequence[str], path: str) -> str:
-    for prefix in ("", "bert.", "roberta.", "model."):
+    for prefix in ("", "bert.", "roberta.", "distilbert.", "model."):
         if prefix + "embeddings.word_embeddings.weight" in names:
             return prefix
     raise KeyError(f"tensor 'embeddings.word_embeddings.weight' (with or without a 'bert.'/"
-                   f"'roberta.' prefix) not found in the checkpoint at {path}")
+                   f"'roberta.'/'distilbert.' prefix) not found in the checkpoint at {path}")
 
 
 def _legacy_name(name: str) -> str:
@@ -373,16 +417,19 @@ def read_config(path: str) -> BertConfig:
 
 
 def load_bert_model(path: str, dtype=jnp.float32, param_dtype=jnp.float32,
-                    precision: Any = None) -> BertModel:
-    """A `BertModel` with the weights of a local HF BERT/RoBERTa directory (no downloads)."""
+                    precision: Any = None, weights: TensorDirectory | None = None) -> BertModel:
+    """A `BertModel` with the weights of a local HF BERT/RoBERTa/DistilBERT directory (no
+    downloads); `weights`: its tensors when the caller has them open already."""
     path = os.path.abspath(os.path.expanduser(path))
     cfg = read_config(path)
-    weights = TensorDirectory(path)
+    weights = weights if weights is not None else tensor_directory(path)
     prefix = _find_prefix(list(weights), path)
     add_pooler = prefix + "pooler.dense.weight" in weights
     model = nnx.eval_shape(lambda: BertModel(cfg, dtype=dtype, param_dtype=param_dtype,
                                              add_pooler=add_pooler, precision=precision,
                                              rngs=nnx.Rngs(0)))
+    if cfg.model_type == "distilbert":  # no segment embeddings: one zero row, token types all 0
+        model.embeddings.token_type.set_value(jnp.zeros((1, cfg.hidden_size), param_dtype))
     for (module, pname), (names, transpose) in _hf_names(cfg).items():
         if module == "pooler" and not add_pooler:
             continue

@@ -6,8 +6,8 @@ bhadresh-savani/distilbert-base-uncased-emotion).  The heads follow HF exactly
   bert        logits = W pooler(h)           pooler(h) = tanh(W_p h[:, 0] + b_p)
   roberta     logits = W_o tanh(W_d h[:, 0] + b_d) + b_o      (RobertaClassificationHead)
   distilbert  logits = W_c relu(W_p h[:, 0] + b_p) + b_c      (pre_classifier, classifier)
-DistilBERT's encoder is BERT's post-LN layer without token types, so it runs on
-`BertModel` with one all-zero token-type row and its tensors renamed here.
+DistilBERT's encoder is BERT's post-LN layer without token types: `merg_jax.models.bert`
+loads it (one all-zero token-type row); this file adds only the heads.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from merg_jax.core.torch_bin import tensor_directory
 from merg_jax.core.weights import TensorDirectory
 from merg_jax.models import bert
 
@@ -78,89 +79,67 @@ def _tensor(weights: TensorDirectory, name: str, shape: tuple[int, ...] | None =
     return arr
 
 
-def _distilbert_encoder(path: str, raw: dict, weights: TensorDirectory, dtype, param_dtype,
-                        precision) -> bert.BertModel:
-    """DistilBERT's tensors into a `BertModel` (type_vocab_size 1, zero token types)."""
-    if raw.get("sinusoidal_pos_embds"):
-        log.info("%s: sinusoidal positions are read from the stored table", path)
-    cfg = bert.BertConfig(
-        vocab_size=int(raw["vocab_size"]), hidden_size=int(raw["dim"]), num_layers=int(raw["n_layers"]),
-        num_heads=int(raw["n_heads"]), intermediate_size=int(raw["hidden_dim"]),
-        max_position_embeddings=int(raw.get("max_position_embeddings", 512)), type_vocab_size=1,
-        layer_norm_eps=1e-12, pad_token_id=int(raw.get("pad_token_id") or 0),
-        hidden_act=str(raw.get("activation", "gelu")), model_type="bert")
-    model = nnx.eval_shape(lambda: bert.BertModel(cfg, dtype=dtype, param_dtype=param_dtype,
-                                                  add_pooler=False, precision=precision,
-                                                  rngs=nnx.Rngs(0)))
-    e, L = cfg.hidden_size, range(cfg.num_layers)
-    pre = "distilbert."
-    emb = {"word": "embeddings.word_embeddings.weight", "position": "embeddings.position_embeddings.weight",
-           "ln_scale": "embeddings.LayerNorm.weight", "ln_bias": "embeddings.LayerNorm.bias"}
-    for ours, theirs in emb.items():
-        var = getattr(model.embeddings, ours)
-        var.set_value(jnp.asarray(_tensor(weights, pre + theirs, tuple(var.get_value().shape)),
-                                  param_dtype))
-    model.embeddings.token_type.set_value(jnp.zeros((1, e), param_dtype))
-    layer = {"q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin",
-             "o": "attention.out_lin", "mlp_in": "ffn.lin1", "mlp_out": "ffn.lin2"}
-    names = {}
-    for ours, theirs in layer.items():
-        names[f"{ours}_kernel"] = (theirs + ".weight", True)
-        names[f"{ours}_bias"] = (theirs + ".bias", False)
-    for ours, theirs in (("attn_ln", "sa_layer_norm"), ("out_ln", "output_layer_norm")):
-        names[f"{ours}_scale"] = (theirs + ".weight", False)
-        names[f"{ours}_bias"] = (theirs + ".bias", False)
-    for ours, (theirs, transpose) in names.items():
-        var = getattr(model.encoder, ours)
-        want = tuple(var.get_value().shape[1:])
-        stack = []
-        for i in L:
-            arr = _tensor(weights, f"{pre}transformer.layer.{i}.{theirs}",
-                          tuple(reversed(want)) if transpose else want)
-            stack.append(arr.T if transpose else arr)
-        var.set_value(jnp.asarray(np.stack(stack), param_dtype))
-    return model
+NOT_A_CLASSIFIER = ("pass a directory saved from an HF *ForSequenceClassification model (config.json + "
+                    "model.safetensors or pytorch_model.bin), e.g. bhadresh-savani/distilbert-base-uncased-emotion")
+
+
+def _head_tensors(path: str, model_type: str, weights: TensorDirectory, e: int
+                  ) -> tuple[str, dict[str, np.ndarray], str, str]:
+    """(head kind, dense weights, output kernel name, output bias name) of the checkpoint."""
+    names = set(weights)
+    if model_type == "distilbert":
+        head, dense, out = "distilbert", "pre_classifier", "classifier"
+    elif "classifier.out_proj.weight" in names:
+        head, dense, out = "roberta", "classifier.dense", "classifier.out_proj"
+    else:
+        head, dense, out = "bert", None, "classifier"
+    if f"{out}.weight" not in names:
+        raise ValueError(f"{path} has no sequence-classification head (no tensor {out}.weight; "
+                         f"architectures {_architectures(path)}): {NOT_A_CLASSIFIER}")
+    w = {}
+    if dense is not None:
+        w = {"dense_kernel": _tensor(weights, f"{dense}.weight", (e, e)).T,
+             "dense_bias": _tensor(weights, f"{dense}.bias", (e,))}
+    return head, w, f"{out}.weight", f"{out}.bias"
+
+
+def _architectures(path: str) -> list:
+    with open(os.path.join(path, "config.json")) as fh:
+        return list(json.load(fh).get("architectures") or [])
 
 
 def load_bert_classifier(path: str, dtype=jnp.float32, param_dtype=jnp.float32, precision: Any = None,
                          with_tokenizer: bool = True) -> tuple[BertClassifier, Any]:
     """`(classifier, tokenizer)` from a local HF `*ForSequenceClassification` directory.
 
-    Supports model_type bert, roberta, xlm-roberta and distilbert; labels come from
-    the config's id2label.  Nothing is downloaded.
+    Supports model_type bert, roberta, xlm-roberta and distilbert (the encoder is
+    merg_jax.models.bert's for all of them), weights as safetensors or pytorch_model.bin
+    (converted once, merg_jax.core.torch_bin); labels come from the config's id2label.
+    Nothing is downloaded.
     """
     path = os.path.abspath(os.path.expanduser(path))
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{cfg_path} does not exist (need a local HF classifier directory)")
+        raise FileNotFoundError(f"{cfg_path} does not exist: {path} is not an HF model directory; "
+                                f"{NOT_A_CLASSIFIER}")
     with open(cfg_path) as fh:
-        raw = json.load(fh)
-    model_type = raw.get("model_type")
-    weights = TensorDirectory(path)
-    if model_type == "distilbert":
-        head = "distilbert"
-        encoder = _distilbert_encoder(path, raw, weights, dtype, param_dtype, precision)
-        e = encoder.cfg.hidden_size
-        w = {"dense_kernel": _tensor(weights, "pre_classifier.weight", (e, e)).T,
-             "dense_bias": _tensor(weights, "pre_classifier.bias", (e,))}
-        out_w, out_b = "classifier.weight", "classifier.bias"
-    else:
-        encoder = bert.load_bert_model(path, dtype=dtype, param_dtype=param_dtype, precision=precision)
-        e = encoder.cfg.hidden_size
-        if "classifier.out_proj.weight" in list(weights):
-            head = "roberta"
-            w = {"dense_kernel": _tensor(weights, "classifier.dense.weight", (e, e)).T,
-                 "dense_bias": _tensor(weights, "classifier.dense.bias", (e,))}
-            out_w, out_b = "classifier.out_proj.weight", "classifier.out_proj.bias"
-        else:
-            head, w = "bert", {}
-            if encoder.pooler is None:
-                raise KeyError(f"{path}: a BERT classifier needs the pooler tensors "
-                               "(bert.pooler.dense.*), which the checkpoint lacks")
-            out_w, out_b = "classifier.weight", "classifier.bias"
+        try:
+            raw = json.load(fh)
+        except ValueError as err:
+            raise ValueError(f"{cfg_path}: invalid JSON ({err})") from None
+    bert.read_config(path)  # an unsupported model_type fails here, naming the file, before any weight is read
+    weights = tensor_directory(path)
+    encoder = bert.load_bert_model(path, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                                   weights=weights)
+    e = encoder.cfg.hidden_size
+    head, w, out_w, out_b = _head_tensors(path, raw.get("model_type"), weights, e)
+    if head == "bert" and encoder.pooler is None:
+        raise ValueError(f"{path}: a BERT classifier needs the pooler tensors (bert.pooler.dense.*), which "
+                         f"the checkpoint lacks: {NOT_A_CLASSIFIER}")
     kernel = _tensor(weights, out_w)
     if kernel.ndim != 2 or kernel.shape[1] != e:
-        raise ValueError(f"tensor {out_w!r} has shape {kernel.shape}, expected (num_labels, {e})")
+        raise ValueError(f"tensor {out_w!r} in {weights.file_of(out_w)} has shape {kernel.shape}, "
+                         f"expected (num_labels, {e})")
     w.update(out_kernel=kernel.T, out_bias=_tensor(weights, out_b, (kernel.shape[0],)))
     w = {k: v.astype(jnp.dtype(param_dtype)) for k, v in w.items()}
     model = BertClassifier(encoder, head, w, _labels(raw, kernel.shape[0]))

@@ -78,6 +78,26 @@ def split_emotion_response(text: str) -> tuple[str, str]:
             (resp.group(1) if resp else text if not emo else "").strip())
 
 
+def eval_template(config: ml_collections.ConfigDict, stage: ml_collections.ConfigDict) -> str:
+    """The prompt template a stage's data view uses (stage.data overrides config.data)."""
+    return (stage.get("data") or {}).get("template") or config.data.template
+
+
+def single_line_target(template: str) -> bool:
+    """Whether the template's target is the bare next line (Listing 1: "generating **only the
+    next line**"), so that a response is one line."""
+    from input_pipeline import prompts
+    t = prompts.TEMPLATES.get(template)
+    return t is not None and tuple(t.target) == ("$response",)
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line, stripped ("" for blank text).  Ours: an untrained instruct
+    model often answers and then goes on writing the prompt's pattern (a new "### TASK ###",
+    more dialogue); Listing 1 asks for one line, so the response is the first."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
 class FeatureNorm:
     """Per-dimension standardisation of the extracted features, from the training split.
 

@@ -28,14 +28,22 @@ What is ours (the deviations and the choices the paper leaves open):
     tokens; token k of a slot is row k of that reshape.  K = 1 is the paper's form.
 The LLM comes from `config.model` (base.build_llm); the soft tokens replace the
 placeholder embeddings at `soft_positions` before the decoder runs.
+
+Inference (`predict`) splices the same soft tokens (features normalised as in training)
+and continues the embeddings with the one decoder, `Generator.generate_embeds`, greedy.
+The target is the bare next line (Listing 1), so the response is the generation's first
+non-empty line (`raw` keeps the whole text; common.first_line says why); this system
+states no emotion.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from input_pipeline.pipeline import feature_dims
+from merg_jax.generation import Generator, SamplingConfig
 from merg_jax.models.layers import Linear, splice
 from merg_jax.systems import common
 from merg_jax.systems.base import System, build_llm
@@ -102,8 +110,50 @@ class EarlyFusion(System):
         # The projector is a few matmuls per history row: negligible next to the LLM.
         return common.llm_step_flops(model.llm, batch_shape, frozen_base=True)
 
+    def predict(self, model, batch, tokenizer, *, max_new_tokens):
+        """Greedy responses for the real examples (example_mask 1) of a prompt-only batch."""
+        keep = [bool(k) for k in batch.get("example_mask", [1] * len(batch["input_ids"]))]
+        texts = self._decoder(model, tokenizer).decode(batch, max_new_tokens)
+        one_line = common.single_line_target(common.eval_template(self.config, self.eval_stage()))
+        return [{"generated_chain": "", "response": common.first_line(t) if one_line else t,
+                 "predicted_emotion": "", "raw": t} for t, k in zip(texts, keep) if k]
+
+    def _decoder(self, model, tokenizer) -> "EarlyFusionDecoder":
+        hit = getattr(self, "_decoder_cache", None)
+        if hit is None or hit[0] is not model or hit[1] is not tokenizer:
+            self._decoder_cache = hit = (model, tokenizer, EarlyFusionDecoder(model, self._norm, tokenizer))
+        return hit[2]
+
     def llm(self, model, which: str = "response"):
         return model.llm
+
+
+class EarlyFusionDecoder:
+    """Soft prompts spliced into a batch's embeddings (jitted), continued by the one decoder."""
+
+    def __init__(self, model: "EarlyFusionModel", norm: common.FeatureNorm, tokenizer):
+        self.generator = Generator(model.llm, tokenizer)
+        graphdef, state = nnx.split(model)
+
+        @jax.jit
+        def embeds(state, batch):
+            b = dict(batch, audio=norm("audio", batch["audio"]), video=norm("video", batch["video"]))
+            return soft_embeds(nnx.merge(graphdef, state), b)
+        self._embeds = lambda batch: embeds(state, batch)
+
+    def embeds(self, batch: dict) -> jax.Array:
+        """[B, L, E] input embeddings of a (host) batch, soft tokens at their slots."""
+        need = ("input_ids", "audio", "video", "audio_mask", "video_mask", "soft_positions", "soft_utterance",
+                "soft_index", "soft_mask", "soft_modality")
+        return self._embeds({k: jnp.asarray(batch[k]) for k in need})
+
+    def decode(self, batch: dict, max_new_tokens: int) -> list[str]:
+        """One text per row of `batch` (padding rows included), EOS cut, whitespace stripped."""
+        if max_new_tokens <= 0:
+            return [""] * len(batch["input_ids"])
+        out = self.generator.generate_embeds(self.embeds(batch), np.asarray(batch["attention_mask"]),
+                                             SamplingConfig(max_new_tokens=int(max_new_tokens)))
+        return [t.strip() for t in out.texts]
 
 
 def soft_embeds(model: "EarlyFusionModel", batch: dict) -> jax.Array:

@@ -49,9 +49,12 @@ class TextBaseline(System):
         if gen is None or gen[0] is not model:
             self._generator = gen = (model, Generator(model.llm, tokenizer))
         out = gen[1].generate_ids(common.prompt_ids(batch), SamplingConfig(max_new_tokens=max_new_tokens))
+        one_line = common.single_line_target(common.eval_template(self.config, self.eval_stage()))
         rows = []
         for text in out.texts:
             emotion, response = common.split_emotion_response(text)
+            if one_line:  # Listing 1's bare next line: the first line is the response, `raw` keeps all
+                response = common.first_line(response)
             rows.append({"generated_chain": "", "response": response, "predicted_emotion": emotion,
                          "raw": text})
         return rows

@@ -23,8 +23,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         s = c.stages[name]
         if not s.trainable:
             bad(f"stages.{name}.trainable is empty; give regexes over parameter paths")
-        if not (s.steps and s.steps > 0) and not (s.epochs and s.epochs > 0):
-            bad(f"stages.{name}: set steps or epochs to a positive number")
+        if (s.steps or 0) < 0 or (s.epochs or 0) < 0:
+            bad(f"stages.{name}: steps={s.steps} epochs={s.epochs}; set steps or epochs to a positive "
+                "number (both 0: a stage that trains nothing, e.g. an untrained baseline)")
     for axis in ("data", "fsdp", "tensor"):
         v = c.mesh[axis]
         if not isinstance(v, int) or (v < 1 and v != -1):

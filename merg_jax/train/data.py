@@ -19,8 +19,6 @@ from input_pipeline.extract_io import read_manifest
 log = logging.getLogger(__name__)
 
 
-
-
 def ensure_features(data: ml_collections.ConfigDict) -> None:
     """Generates the synthetic corpus and extracts its features when they are missing."""
     if not data.data_dir:
@@ -54,8 +52,17 @@ def split_size(data_dir: str, split: str) -> int:
     return int(splits[split]["num_examples"])
 
 
+def untrained(stage: ml_collections.ConfigDict) -> bool:
+    """steps == 0 and epochs == 0: the stage trains nothing (the model as loaded, e.g. the
+    early-fusion paper's text-only pretrained baseline)."""
+    return not stage.get("steps") and not stage.get("epochs")
+
+
 def stage_steps(stage: ml_collections.ConfigDict, data_dir: str, split: str, batch_size: int) -> int:
-    """A stage's length: `steps` when set, else `epochs` over the split (at least 1)."""
+    """A stage's length: `steps` when set, else `epochs` over the split (at least 1); 0 for an
+    untrained stage (both 0)."""
+    if untrained(stage):
+        return 0
     if stage.get("steps"):
         return int(stage.steps)
     n = split_size(data_dir, split)

@@ -297,6 +297,9 @@ class Trainer:
             for index in range(start_index, len(self.stages)):
                 run = resumed if resumed is not None and resumed.index == index else None
                 stage_step = resumed_step if run is not None else 0
+                if run is None and data_lib.untrained(self.stages[index][1]):
+                    summary["stages"][self.stages[index][0]] = self._skip_stage(index, step)
+                    continue
                 if run is None:
                     name = self.stages[index][0]
                     log.info("stage %s: preparing", name)
@@ -406,6 +409,18 @@ class Trainer:
         self._save(step, run, stage_step, boundary=True)
         last.update(_compile_count(run.name, step_fn, len(flops_by_shape)))
         return "done", step, last
+
+    def _skip_stage(self, index: int, step: int) -> dict:
+        """A stage of 0 steps (steps=0, epochs=0): no optimizer, no data, no preparation; the
+        parameters stay as built (as loaded, LoRA B = 0) and are saved as checkpoint `step`
+        (step 0 for a first stage), so the workdir evaluates and exports like a trained one.
+        When an earlier stage already saved this step, its parameters are the same: nothing to save."""
+        name = self.stages[index][0]
+        log.warning("stage %s has 0 steps (steps=0, epochs=0): nothing trains; the model as loaded is "
+                    "checkpoint step %d of %s", name, step, self.workdir)
+        if step not in self.ckpt.steps():
+            self.ckpt.save(step, self._union_params(None), self._meta(step, index + 1, 0), force=True)
+        return {"steps": 0, "untrained": True}
 
     def _save_best(self, run: StageRun, step: int, loss: float) -> None:
         # Losses of different stages are not comparable: best/ ranks the final stage only.
