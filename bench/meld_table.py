@@ -19,8 +19,9 @@ shortens the two trained rows (the pretrained row stays at 0 steps); --train_fla
 
 Each column reads one key of `<workdir>/eval_<split>/metrics.json`
 (written by merg_jax/evaluation/run.py; a missing key or workdir prints "–"):
-  PPL            ppl_response when present, else ppl_context (the targets' tokens given the
-                 prompt: the training loss' tokens); the line under the table says which
+  PPL            ppl_response (the gold response given the prompt the system generates from);
+                 for metrics written before it existed ppl_target_given_train_prompt, or
+                 ppl_context (its older name); the line under the table says which
   Dist-2         dist_2_corpus (distinct bigrams / all bigrams over all responses: the paper's
                  values 0.16-0.33 are this corpus-level fraction, not a per-response mean)
   BERTScore F1   bertscore_f1 (local all-MiniLM-L6-v2, not the paper's unnamed BERTScore model)
@@ -46,7 +47,7 @@ BACKBONES = {"mistral_7b": "Mistral-7B-Instruct-v0.3", "llama3_8b": "Llama-3-8B-
 METHODS = {"pretrained": "Baseline (text only)", "finetuned": "Fine-tuned Baseline (text only)",
            "multimodal": "Empathetic MLLM (text + audio + video)"}
 # column -> (metrics.json keys, first present wins; decimals)
-COLUMNS = {"PPL": (("ppl_response", "ppl_context"), 2), "Dist-2": (("dist_2_corpus",), 4),
+COLUMNS = {"PPL": (("ppl_response", "ppl_target_given_train_prompt", "ppl_context"), 2), "Dist-2": (("dist_2_corpus",), 4),
            "BERTScore F1": (("bertscore_f1",), 4), "Emotion": (("polarity_emotion",), 3),
            "Sentiment": (("polarity_sentiment",), 3), "Empathy": (("polarity_empathy",), 3)}
 

@@ -73,6 +73,11 @@ class PromptTemplate:
                              f"use names of prompts.MODALITY_IDS {sorted(MODALITY_IDS)}")
 
     @property
+    def target_fields(self) -> tuple[str, ...]:
+        """The record fields its target names, in order (e.g. ("emotion", "response"))."""
+        return tuple(dict.fromkeys(v for sec in self.target for k, v in _parse(sec) if k == "field"))
+
+    @property
     def modalities(self) -> tuple[str, ...]:
         found = [_MARKERS[m] for m in re.findall(r"<(Aud|Vid|Txt|AV)>", self.utterance)]
         return tuple(dict.fromkeys(found + list(self.prefix)))

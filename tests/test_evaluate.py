@@ -162,7 +162,8 @@ def test_early_fusion_trains_and_evaluates_through_the_cli(tmp_path):
                           "--split=valid", "--batch_size=2", "--max_new_tokens=4", "--nobertscore", f"--output_dir={out}"],
                          cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": REPO})
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "| ppl_context |" in res.stdout and f"outputs: {out}" in res.stdout
+    assert "| ppl_response |" in res.stdout and f"outputs: {out}" in res.stdout
+    assert "emotion_acc_coarse" not in res.stdout  # Listing 1 states no emotion: no accuracy, not 0
     m = json.load(open(os.path.join(out, "metrics.json")))
     rows = [json.loads(line) for line in open(os.path.join(out, "predictions.jsonl"))]
     assert m["system"] == "early_fusion" and m["step"] == 2 and m["n"] == len(rows) == 4
@@ -170,4 +171,4 @@ def test_early_fusion_trains_and_evaluates_through_the_cli(tmp_path):
     # Listing 1's target is one line: the response is the generation's first non-empty line
     assert all(r["response"] == common.first_line(r["raw_output"]) != "" for r in rows)
     # a peaky random model (init std 0.5) is far worse than uniform: just finite and > 1
-    assert 1.0 < m["ppl_context"] < float("inf") and "polarity_sentiment" in m and "dist_2_corpus" in m
+    assert 1.0 < m["ppl_response"] < float("inf") and "polarity_sentiment" in m and "dist_2_corpus" in m

@@ -103,9 +103,10 @@ def evaluate(llm, tokenizer, info: dict, *, split: str = "test", output_dir: str
     preds, golds = [r["predicted_emotion_text"] or None for r in rows], [r["gold_emotion"] for r in rows]
     acc = emotion.emotion_accuracy(preds, golds)
     exact = emotion.emotion_accuracy_exact(preds, golds)
-    metrics.update({"emotion_acc_fine": acc["acc_fine"], "emotion_acc_coarse": acc["acc_coarse"],
-                    "emotion_acc_exact_fine": exact["acc_fine"], "emotion_acc_exact_coarse": exact["acc_coarse"],
-                    "emotion_unparseable": acc["n_unparseable"]})
+    if system.states_emotion():  # a system that states no emotion gets no emotion accuracy (not 0)
+        metrics.update({"emotion_acc_fine": acc["acc_fine"], "emotion_acc_coarse": acc["acc_coarse"],
+                        "emotion_acc_exact_fine": exact["acc_fine"], "emotion_acc_exact_coarse": exact["acc_coarse"],
+                        "emotion_unparseable": acc["n_unparseable"]})
     if rows:
         metrics["ppl_response"] = perplexity(np.asarray([resp_nll]), np.asarray([resp_tok]))
     for n in (1, 2):

@@ -17,9 +17,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from input_pipeline.prompts import TEMPLATES
 from merg_jax.core import assets
 from merg_jax.models.layers import LoraConfig
-from merg_jax.systems.common import prompt_ids
+from merg_jax.systems.common import eval_template, prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,17 @@ class System:
 
     def eval_template(self) -> str:
         """The template of the evaluated stage (its data override, else config.data.template)."""
-        data = self.eval_stage().get("data") or {}
-        return data.get("template") or self.config.data.template
+        return eval_template(self.config, self.eval_stage())
+
+    def response_template(self) -> str:
+        """The template whose target the response is written in (the evaluated stage's by
+        default; MERIA's Response LLM reads another prompt than its chain stage)."""
+        return self.eval_template()
+
+    def states_emotion(self) -> bool:
+        """Whether the response target states the emotion ("Emotion: X"), i.e. whether emotion
+        accuracy means anything for this system (Listing 1's bare next line does not)."""
+        return bool({"emotion", "speaker_emotion"} & set(TEMPLATES[self.response_template()].target_fields))
 
     def response_prompts(self, model: nnx.Module, batch: dict, rows: list[dict]) -> ResponsePrompts:
         """The response LLM's inputs for the real rows of a prompt-only batch, after predict()
@@ -104,7 +114,7 @@ class System:
         if "soft_mask" in batch and np.asarray(batch["soft_mask"]).any():
             raise NotImplementedError(f"system {self.name!r} splices soft prompts: it must override "
                                       "response_prompts() to return its prompt embeddings")
-        return ResponsePrompts(self.llm(model), prompt_ids(batch), template=self.eval_template())
+        return ResponsePrompts(self.llm(model), prompt_ids(batch), template=self.response_template())
 
     # -- outputs --------------------------------------------------------------
     def llm(self, model: nnx.Module, which: str = "response"):

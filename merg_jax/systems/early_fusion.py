@@ -46,7 +46,7 @@ from input_pipeline.pipeline import feature_dims
 from merg_jax.generation import Generator, SamplingConfig
 from merg_jax.models.layers import Linear, splice
 from merg_jax.systems import common
-from merg_jax.systems.base import System, build_llm
+from merg_jax.systems.base import ResponsePrompts, System, build_llm
 
 AUDIO_VIDEO = 3  # prompts.MODALITY_IDS["audio_video"]
 
@@ -114,9 +114,16 @@ class EarlyFusion(System):
         """Greedy responses for the real examples (example_mask 1) of a prompt-only batch."""
         keep = [bool(k) for k in batch.get("example_mask", [1] * len(batch["input_ids"]))]
         texts = self._decoder(model, tokenizer).decode(batch, max_new_tokens)
-        one_line = common.single_line_target(common.eval_template(self.config, self.eval_stage()))
+        one_line = common.single_line_target(self.eval_template())
         return [{"generated_chain": "", "response": common.first_line(t) if one_line else t,
                  "predicted_emotion": "", "raw": t} for t, k in zip(texts, keep) if k]
+
+    def response_prompts(self, model, batch, rows) -> ResponsePrompts:
+        """The Listing 1 prompt with the audio-visual soft tokens spliced in, as predict() decoded it."""
+        keep = np.asarray(batch.get("example_mask", [1] * len(batch["input_ids"])), bool)
+        embeds = self._decoder_cache[2].embeds(batch)
+        return ResponsePrompts(model.llm, common.prompt_ids(batch), embeds[keep],
+                               np.asarray(batch["attention_mask"])[keep], self.response_template())
 
     def _decoder(self, model, tokenizer) -> "EarlyFusionDecoder":
         hit = getattr(self, "_decoder_cache", None)

@@ -284,15 +284,19 @@ class Meria(System):
     def response_prompts(self, model, batch, rows) -> ResponsePrompts:
         """use_mcoe: the text prompt with the generated chain that predict() built; else the
         soft tokens + dialogue the Response LLM decoded from."""
-        c = self.config
-        if c.use_mcoe:
-            stage = next(c.stages[n] for n in c.stage_order if stage_kind(c.stages[n]) == "response")
+        if self.config.use_mcoe:
             return ResponsePrompts(model.response_llm, [r["response_prompt_ids"] for r in rows],
-                                   template=(stage.get("data") or {}).get("template") or c.data.template)
+                                   template=self.response_template())
         keep = np.asarray(batch["example_mask"], bool)
         embeds = self._predictor[2].soft_prompts(batch)
         return ResponsePrompts(model.response_llm, common.prompt_ids(batch), embeds[keep],
-                               np.asarray(batch["attention_mask"])[keep], DIRECT_TEMPLATE)
+                               np.asarray(batch["attention_mask"])[keep], self.response_template())
+
+    def response_template(self) -> str:
+        """use_mcoe: the response stage's text template (mcoe_response); else the direct one."""
+        c = self.config
+        stage = next(c.stages[n] for n in c.stage_order if stage_kind(c.stages[n]) == "response")
+        return common.eval_template(c, stage)
 
     def pdr_latents(self, model, batch) -> dict:
         """Per-row posterior means, fused Z_S^F, presence masks (evaluation.latents)."""

@@ -49,7 +49,7 @@ class TextBaseline(System):
         if gen is None or gen[0] is not model:
             self._generator = gen = (model, Generator(model.llm, tokenizer))
         out = gen[1].generate_ids(common.prompt_ids(batch), SamplingConfig(max_new_tokens=max_new_tokens))
-        one_line = common.single_line_target(common.eval_template(self.config, self.eval_stage()))
+        one_line = common.single_line_target(self.eval_template())
         rows = []
         for text in out.texts:
             emotion, response = common.split_emotion_response(text)
