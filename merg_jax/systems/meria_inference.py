@@ -27,10 +27,12 @@ from input_pipeline.pipeline import make_iterator
 from input_pipeline.prompts import PromptBuilder
 from merg_jax.core import io
 from merg_jax.core.assets import smollm2_gguf
+from merg_jax.core.console import Progress
 from merg_jax.core.tokenizer import load_tokenizer
 from merg_jax.generation import Generator, SamplingConfig
 from merg_jax.models import meria as meria_model
 from merg_jax.systems import common
+from merg_jax.train.data import split_size
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +77,21 @@ def generate_split(decoder: SoftPromptDecoder, view: ml_collections.ConfigDict, 
                    limit: int = 0) -> dict[str, str]:
     """{example_id: M-CoE text} for every example of the prompt-only `view` (or the first `limit`)."""
     texts: dict[str, str] = {}
+    total = split_size(view.data_dir, view.split)
+    total = min(total, limit) if limit else total
+    bar = Progress(f"M-CoE chains {view.split}", total, every=max(int(view.global_batch_size), total // 20 or 1),
+                   unit="example", enabled=jax.process_index() == 0)
     for batch in make_iterator(view):
         rows = decoder.decode(batch, max_new_tokens)
         for ex_id, keep, text in zip(batch["example_id"], batch["example_mask"], rows):
             if keep and ex_id:
                 texts[str(ex_id)] = text
+        bar.update(min(len(texts), total) if total else 0)
         if limit and len(texts) >= limit:
             break
-        log.info("M-CoE generation (%s): %d examples", view.split, len(texts))
+    bar.close()
+    log.info("M-CoE generation (%s): %d examples, %d empty", view.split, len(texts),
+             sum(not t for t in texts.values()))
     return texts
 
 
