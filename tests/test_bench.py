@@ -133,3 +133,16 @@ def test_meld_table_cli_list_and_runs(tmp_path):
     bad = subprocess.run([sys.executable, "bench/meld_table.py", "--runs=smoke/nope=X"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown rows ['smoke/nope']" in bad.stderr
+
+
+def test_learning_signal_seeds_and_mean_std(tmp_path):
+    ls = _module("learning_signal")
+    train, _ = ls.commands("conflict/meria", str(tmp_path), seed=2)
+    assert train[-1] == "--config.seed=2" and train[3] == f"--workdir={tmp_path}/conflict/meria-seed2"
+    for seed, acc in ((0, 0.2), (1, 0.4)):
+        out = tmp_path / ("conflict/meria" if seed == 0 else f"conflict/meria-seed{seed}") / "eval_test"
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps({"emotion_acc_coarse": acc}))
+    rows = ls.table(["conflict/meria"], str(tmp_path), seeds=(0, 1, 2)).splitlines()
+    cells = [c.strip() for c in rows[2].strip("|").split("|")]
+    assert cells[1 + ls.COLUMNS.index("emotion_acc_coarse")] == "0.300 ± 0.100" and cells[-1] == "2"
