@@ -38,6 +38,8 @@ VARIANTS = {  # name -> (config, extra train flags)
     "conflict/meria_wo_ugf": ("configs/meria.py:signal", CONFLICT + ["--config.use_ugf=False"]),
     "conflict/meria_wo_pdr": ("configs/meria.py:signal", CONFLICT + ["--config.use_pdr=False"]),
     "conflict/meria_wo_mcoe": ("configs/meria.py:signal", CONFLICT + ["--config.use_mcoe=False"]),
+    # ours: agreement-weighted pooling over utterances (merg_jax.models.fusion.agreement_row_weights)
+    "conflict/meria_agree": ("configs/meria.py:signal", CONFLICT + ["--config.fusion.agreement_temperature=4.0"]),
     "conflict/text_baseline": ("configs/text_baseline.py:smoke", CONFLICT + ["--config.stages.sft.steps=60"]),
 }
 COLUMNS = ("emotion_acc_coarse", "emotion_acc_fine", "emotion_acc_exact_coarse", "emotion_unparseable",
