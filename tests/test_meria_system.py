@@ -406,7 +406,7 @@ def test_predict_chain_then_response_lines_up_with_batch(built):
         if r["generated_chain"]:
             assert tok.decode(prompt).count(r["generated_chain"]) == 1
         # the response: a cache-free greedy decode of that prompt (not the Generator again)
-        x = llm_ids = jnp.asarray([prompt])
+        x = jnp.asarray([prompt])
         eos = {int(tok.eos_token_id)}
         out_ids = []
         for _ in range(4):
@@ -415,7 +415,7 @@ def test_predict_chain_then_response_lines_up_with_batch(built):
                 break
             out_ids.append(nxt)
             x = jnp.concatenate([x, jnp.asarray([[nxt]])], axis=1)
-        assert r["raw"] == tok.decode(out_ids, skip_special_tokens=True), (r["raw"], llm_ids.shape)
+        assert r["raw"] == tok.decode(out_ids, skip_special_tokens=True), r["raw"]
 
 
 def test_predict_without_mcoe_decodes_from_soft_tokens(assets):

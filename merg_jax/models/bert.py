@@ -357,14 +357,10 @@ def _hf_names(cfg: BertConfig) -> dict[tuple[str, str], tuple[list[str], bool]]:
            ("embeddings", "ln_scale"): "embeddings.LayerNorm.weight",
            ("embeddings", "ln_bias"): "embeddings.LayerNorm.bias"}
     out = {k: ([v], False) for k, v in emb.items()}
-    layer = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-             "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"}
-    for ours, theirs in layer.items():
-        out[("encoder", f"{ours}_kernel")] = ([f"encoder.layer.{i}.{theirs}.weight" for i in L], True)
-        out[("encoder", f"{ours}_bias")] = ([f"encoder.layer.{i}.{theirs}.bias" for i in L], False)
-    for ours, theirs in (("attn_ln", "attention.output.LayerNorm"), ("out_ln", "output.LayerNorm")):
-        out[("encoder", f"{ours}_scale")] = ([f"encoder.layer.{i}.{theirs}.weight" for i in L], False)
-        out[("encoder", f"{ours}_bias")] = ([f"encoder.layer.{i}.{theirs}.bias" for i in L], False)
+    out.update(_layer_names("encoder.layer", L, {
+        "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+        "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"},
+        {"attn_ln": "attention.output.LayerNorm", "out_ln": "output.LayerNorm"}))
     out[("pooler", "kernel")] = (["pooler.dense.weight"], True)
     out[("pooler", "bias")] = (["pooler.dense.bias"], False)
     return out
@@ -376,14 +372,23 @@ def _distilbert_names(cfg: BertConfig) -> dict[tuple[str, str], tuple[list[str],
     emb = {"word": "embeddings.word_embeddings.weight", "position": "embeddings.position_embeddings.weight",
            "ln_scale": "embeddings.LayerNorm.weight", "ln_bias": "embeddings.LayerNorm.bias"}
     out = {("embeddings", k): ([v], False) for k, v in emb.items()}
-    layer = {"q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin", "o": "attention.out_lin",
-             "mlp_in": "ffn.lin1", "mlp_out": "ffn.lin2"}
-    for ours, theirs in layer.items():
-        out[("encoder", f"{ours}_kernel")] = ([f"transformer.layer.{i}.{theirs}.weight" for i in L], True)
-        out[("encoder", f"{ours}_bias")] = ([f"transformer.layer.{i}.{theirs}.bias" for i in L], False)
-    for ours, theirs in (("attn_ln", "sa_layer_norm"), ("out_ln", "output_layer_norm")):
-        out[("encoder", f"{ours}_scale")] = ([f"transformer.layer.{i}.{theirs}.weight" for i in L], False)
-        out[("encoder", f"{ours}_bias")] = ([f"transformer.layer.{i}.{theirs}.bias" for i in L], False)
+    out.update(_layer_names("transformer.layer", L, {
+        "q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin", "o": "attention.out_lin",
+        "mlp_in": "ffn.lin1", "mlp_out": "ffn.lin2"}, {"attn_ln": "sa_layer_norm", "out_ln": "output_layer_norm"}))
+    return out
+
+
+def _layer_names(prefix: str, layers: range, linears: dict[str, str], norms: dict[str, str]
+                 ) -> dict[tuple[str, str], tuple[list[str], bool]]:
+    """Stacked per-layer tensor names: each linear's kernel (transposed) and bias, each
+    LayerNorm's scale and bias, as `<prefix>.<i>.<module>.weight|bias` for every layer i."""
+    out = {}
+    for ours, theirs in linears.items():
+        out[("encoder", f"{ours}_kernel")] = ([f"{prefix}.{i}.{theirs}.weight" for i in layers], True)
+        out[("encoder", f"{ours}_bias")] = ([f"{prefix}.{i}.{theirs}.bias" for i in layers], False)
+    for ours, theirs in norms.items():
+        out[("encoder", f"{ours}_scale")] = ([f"{prefix}.{i}.{theirs}.weight" for i in layers], False)
+        out[("encoder", f"{ours}_bias")] = ([f"{prefix}.{i}.{theirs}.bias" for i in layers], False)
     return out
 
 
