@@ -99,7 +99,7 @@ def main() -> int:
         ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     os.chdir(REPO)  # the presets' data paths are relative to the repository
     sys.path.insert(0, REPO)
-    for name, seed in [(n, s) for n in names for s in seeds]:
+    for name, seed in [(n, s) for s in seeds for n in names]:  # seed-major: partial runs pair up
         workdir = workdir_of(name, args.runs_dir, seed)
         done = os.path.exists(os.path.join(workdir, "eval_test", "metrics.json"))
         for cmd in commands(name, args.runs_dir, seed):

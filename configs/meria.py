@@ -82,7 +82,7 @@ def generation_defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         max_new_tokens=160,       # also the chain budget at evaluation; the gold M-CoE of the
                                   # synthetic corpus is 78-120 SmolLM2 tokens
-        batch_size=8,
+        batch_size=8,             # signal uses 32: decoding on a CPU is bandwidth-bound, rows are cheap
         splits=("train", "valid", "test"),  # splits present in the manifest are generated
         limit=0,                  # > 0: only the first `limit` examples per split (debugging)
         data_dir="",              # "" = WORKDIR/stage_outputs/data, set by the response stage's
@@ -162,6 +162,7 @@ def signal() -> ml_collections.ConfigDict:
     c.stages.pdr.steps = 600
     c.stages.mcoe.steps = 150
     c.stages.response.steps = 60
+    c.generation.batch_size = 32  # decoding on a CPU is memory-bound: 32 rows cost little more than 8
     c.checkpoint.every_steps = 100
     return c
 
